@@ -1,0 +1,35 @@
+"""The corpus on disk: Arrow shards of documents (``id``, ``title``, ``sentences``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+
+from pipeline.errors import PipelineError
+from pipeline.shards import read_manifest
+
+SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("sentences", pa.list_(pa.string()))])
+
+
+def documents_table(docs: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(docs, schema=SCHEMA)
+
+
+def corpus_files(path: str | Path) -> list[Path]:
+    """The shard files of a finished corpus, in order."""
+    path = Path(path)
+    manifest = read_manifest(path, "corpus", "run 'kowiki-bert extract' (again) to finish it")
+    if manifest.get("kind") != "corpus":
+        raise PipelineError(f"{path} is not a corpus made by 'kowiki-bert extract'; pass the extract output")
+    return [path / rec["shard"] for rec in manifest["shards"]]
+
+
+def load_documents(path: str | Path) -> datasets.Dataset:
+    """The whole corpus as one memory-mapped ``datasets.Dataset``."""
+    files = corpus_files(path)
+    parts = [datasets.Dataset.from_file(str(f)) for f in files]
+    if not parts:
+        return datasets.Dataset.from_dict({"id": [], "title": [], "sentences": []})
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
