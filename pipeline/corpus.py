@@ -23,7 +23,7 @@ def corpus_files(path: str | Path) -> list[Path]:
     manifest = read_manifest(path, "corpus", "run 'kowiki-bert extract' (again) to finish it")
     if manifest.get("kind") != "corpus":
         raise PipelineError(f"{path} is not a corpus made by 'kowiki-bert extract'; pass the extract output")
-    return [path / rec["shard"] for rec in manifest["shards"]]
+    return [path / rec["files"]["shard"]["file"] for rec in manifest["shards"]]
 
 
 def load_documents(path: str | Path) -> datasets.Dataset:

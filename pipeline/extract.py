@@ -176,7 +176,7 @@ def run(cfg: Config) -> dict:
                         unique.append(d)
                 docs = unique
             counts = dict(stats[shard], **dropped, kept=len(docs))
-            shards.write_shard(out, shard, corpus.documents_table(docs),
+            shards.write_shard(out, shard, {"shard": corpus.documents_table(docs)},
                                {"config_hash": config_hash, "counts": counts, "pii": dict(pii)})
             written += 1
         else:

@@ -1,7 +1,7 @@
 """Atomic, resumable Arrow shards with a manifest, shared by the corpus and shard stages.
 
-A shard ``shard-00007.arrow`` is written under a temporary name and renamed when complete;
-its record ``shard-00007.json`` (size, checksum, counts) is written after that, so a shard
+A shard's files (``shard-00007.arrow``, or ``train-00007.arrow`` and ``valid-00007.arrow``) are written under a temporary name and renamed when complete;
+its record ``shard-00007.json`` (sizes, checksums, counts) is written after them, so a shard
 with a record is complete. ``manifest.json`` is written last, once every shard has its record:
 a directory without it never loads.
 """
@@ -58,48 +58,60 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def shard_path(out: Path, index: int) -> Path:
-    return out / f"shard-{index:05d}.arrow"
+def shard_path(out: Path, name: str, index: int) -> Path:
+    return out / f"{name}-{index:05d}.arrow"
 
 
 def record_path(out: Path, index: int) -> Path:
     return out / f"shard-{index:05d}.json"
 
 
-def write_shard(out: Path, index: int, table: pa.Table, record: dict) -> dict:
-    """Write one Arrow shard atomically, then its completion record; returns the record."""
-    final = shard_path(out, index)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+def _write_table(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        # One record batch per file keeps every column one zero-copy memory-mapped buffer.
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=8192)
-        os.replace(tmp, final)
+            writer.write_table(table.combine_chunks())
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    record = dict(record, shard=final.name, rows=table.num_rows, bytes=final.stat().st_size,
-                  sha256=file_sha256(final))
+
+
+def write_shard(out: Path, index: int, tables: dict[str, pa.Table], record: dict) -> dict:
+    """Write a shard's Arrow files atomically, then its completion record; returns the record."""
+    files = {}
+    for name, table in tables.items():
+        path = shard_path(out, name, index)
+        _write_table(path, table)
+        files[name] = {"file": path.name, "rows": table.num_rows, "bytes": path.stat().st_size,
+                       "sha256": file_sha256(path)}
+    record = dict(record, index=index, files=files)
     atomic_write_json(record_path(out, index), record)
     return record
 
 
 def read_record(out: Path, index: int, config_hash: str) -> dict | None:
     """The completion record of a shard made with the same settings, else None."""
-    rec_file, data_file = record_path(out, index), shard_path(out, index)
-    if not rec_file.exists() or not data_file.exists():
+    rec_file = record_path(out, index)
+    if not rec_file.exists():
         return None
     try:
         record = json.loads(rec_file.read_text())
     except json.JSONDecodeError:
         return None
-    if record.get("config_hash") != config_hash or record.get("bytes") != data_file.stat().st_size:
+    if record.get("config_hash") != config_hash:
         return None
+    for info in record.get("files", {}).values():
+        path = out / info["file"]
+        if not path.exists() or path.stat().st_size != info["bytes"]:
+            return None
     return record
 
 
 def prepare_output(out: Path, config_hash: str, overwrite: bool, stage: str) -> None:
     """Make ``out``, refusing to mix shards made with other settings into it."""
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob(".shard-*.tmp-*"):
+    for tmp in out.glob(".*.arrow.tmp-*"):
         tmp.unlink()  # leftovers of a killed run
     manifest = out / MANIFEST
     records = sorted(out.glob("shard-*.json"))
@@ -110,7 +122,7 @@ def prepare_output(out: Path, config_hash: str, overwrite: bool, stage: str) -> 
         if not overwrite:
             raise PipelineError(f"{out} holds {stage} output made with other settings; "
                                 f"pass a new --output, or --overwrite true to replace it")
-        for p in list(out.glob("shard-*")) + [manifest]:
+        for p in list(out.glob("*-[0-9][0-9][0-9][0-9][0-9].*")) + [manifest]:
             p.unlink(missing_ok=True)
 
 
@@ -134,7 +146,8 @@ def read_manifest(out: Path, what: str, hint: str) -> dict:
         raise PipelineError(f"{out}: no {MANIFEST}, so the {what} is incomplete or not one; {hint}")
     manifest = json.loads(path.read_text())
     for rec in manifest["shards"]:
-        file = out / rec["shard"]
-        if not file.exists() or file.stat().st_size != rec["bytes"]:
-            raise PipelineError(f"{file}: missing or changed since {MANIFEST} was written; {hint}")
+        for info in rec["files"].values():
+            file = out / info["file"]
+            if not file.exists() or file.stat().st_size != info["bytes"]:
+                raise PipelineError(f"{file}: missing or changed since {MANIFEST} was written; {hint}")
     return manifest

@@ -1,0 +1,231 @@
+"""Shard stage: documents -> pre-tokenized MLM+NSP examples in compact Arrow shards.
+
+Each example stores only its A and B token ids (uint16 when the vocabulary fits), the length
+of A and the NSP label; ``[CLS]``/``[SEP]``, token types and the attention mask are derived at
+load time (``pipeline.data``) and masking happens per batch. Shard ``k`` holds the documents
+``[k * docs_per_shard, (k+1) * docs_per_shard)`` of the corpus, and each chunk of documents
+draws from its own seeded RNG, so the output is the same for any ``num_proc`` or task split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from pipeline import shards
+from pipeline.config import fail, option, to_dict
+from pipeline.corpus import corpus_files
+from pipeline.errors import PipelineError
+from pipeline.nsp import NOT_NEXT, document_pairs
+from pipeline.parallel import ordered_map
+from pipeline.tokenizer import tokenizer_hash
+
+
+@dataclass
+class Config:
+    corpus: str = option(help="directory written by 'kowiki-bert extract'")
+    tokenizer: str = option(help="directory written by 'kowiki-bert tokenizer'")
+    output: str = option(help="directory for the pretraining shards")
+    max_seq_len: int = option(128, "tokens per example, [CLS] and two [SEP] included")
+    short_seq_prob: float = option(0.1, "probability of a shorter random target length")
+    dupe_factor: int = option(1, "pairings per document, each with other random splits")
+    valid_fraction: float = option(0.01, "share of documents held out for validation")
+    seed: int = option(12345, "seed of pairing, truncation and the validation split")
+    num_proc: int = option(1, "worker processes on this machine")
+    task_index: int = option(0, "this task's index in a SLURM array")
+    num_tasks: int = option(1, "number of tasks; task i writes shards k with k % num_tasks == i")
+    docs_per_shard: int = option(8192, "documents per output shard (a multiple of chunk_docs)")
+    chunk_docs: int = option(256, "documents per unit of work; NotNext segments come from the same chunk")
+    overwrite: bool = option(False, "replace an output directory made with other settings")
+
+    def __post_init__(self):
+        if not 8 <= self.max_seq_len <= 4096:
+            fail("max_seq_len", f"{self.max_seq_len} is out of range", "use 8..4096 (128 or 512 for BERT)")
+        if not 0 <= self.short_seq_prob <= 1 or not 0 <= self.valid_fraction < 1:
+            fail("valid_fraction" if self.short_seq_prob <= 1 else "short_seq_prob", "is not a probability", "use 0..1")
+        if self.dupe_factor < 1 or self.num_proc < 1 or self.chunk_docs < 2:
+            fail("dupe_factor", "dupe_factor and num_proc must be >= 1, chunk_docs >= 2", "raise them")
+        if self.docs_per_shard % self.chunk_docs:
+            fail("docs_per_shard", f"{self.docs_per_shard} is not a multiple of chunk_docs={self.chunk_docs}",
+                 "make it one")
+        if not 0 <= self.task_index < self.num_tasks:
+            fail("task_index", f"{self.task_index} is outside 0..{self.num_tasks - 1}", "use 0 <= task_index < num_tasks")
+
+
+ALIASES = {"--corpus": "corpus", "--tokenizer": "tokenizer", "--output": "output",
+           "--max-seq-len": "max_seq_len", "--num-proc": "num_proc",
+           "--task-index": "task_index", "--num-tasks": "num_tasks"}
+_OUTPUT_FIELDS = ("max_seq_len", "short_seq_prob", "dupe_factor", "valid_fraction", "seed",
+                  "docs_per_shard", "chunk_docs")
+SPLITS = ("train", "valid")
+
+_worker: dict = {}
+
+
+def _init_worker(tokenizer_file: str, cfg: Config) -> None:
+    tok = Tokenizer.from_file(tokenizer_file)
+    tok.no_padding()
+    tok.no_truncation()
+    _worker.update(tok=tok, cfg=cfg)
+
+
+def is_valid_doc(doc_id: str, seed: int, fraction: float) -> bool:
+    """Held-out membership from the document id alone, so it never depends on the split of work."""
+    h = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64 < fraction
+
+
+def build_chunk(task) -> dict:
+    """Worker: tokenize a chunk of documents and build its NSP examples, per split."""
+    shard, chunk, ids, docs = task
+    tok, cfg = _worker["tok"], _worker["cfg"]
+    flat = [s for doc in docs for s in doc]
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    encoded = [e.ids for e in encode(flat, add_special_tokens=False)]
+    token_docs, pos = [], 0
+    for doc in docs:
+        token_docs.append([seg for seg in encoded[pos:pos + len(doc)] if seg])
+        pos += len(doc)
+    out = {}
+    for split in SPLITS:
+        members = [d for d, doc_id in zip(token_docs, ids)
+                   if d and is_valid_doc(doc_id, cfg.seed, cfg.valid_fraction) == (split == "valid")]
+        pairs = []
+        for dupe in range(cfg.dupe_factor):
+            rng = random.Random(f"{cfg.seed}/{shard}/{chunk}/{split}/{dupe}")
+            for i in range(len(members)):
+                pairs += document_pairs(members, i, cfg.max_seq_len, cfg.short_seq_prob, rng)
+        out[split] = _pack(pairs)
+    out["tokens_in"] = sum(map(len, encoded))
+    return out
+
+
+def _pack(pairs) -> dict:
+    return {"ids": np.fromiter((t for p in pairs for t in p.a + p.b), dtype=np.int64),
+            "lengths": np.fromiter((len(p.a) + len(p.b) for p in pairs), dtype=np.int32, count=len(pairs)),
+            "a_len": np.fromiter((len(p.a) for p in pairs), dtype=np.uint16, count=len(pairs)),
+            "label": np.fromiter((p.label for p in pairs), dtype=np.uint8, count=len(pairs))}
+
+
+def examples_table(parts: list[dict], id_type: pa.DataType) -> pa.Table:
+    ids = np.concatenate([p["ids"] for p in parts]) if parts else np.zeros(0, np.int64)
+    lengths = np.concatenate([p["lengths"] for p in parts]) if parts else np.zeros(0, np.int32)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pa.array(ids.astype(id_type.to_pandas_dtype()), type=id_type)
+    return pa.table({
+        "ids": pa.ListArray.from_arrays(pa.array(offsets), values),
+        "a_len": pa.array(np.concatenate([p["a_len"] for p in parts]) if parts else np.zeros(0, np.uint16)),
+        "label": pa.array(np.concatenate([p["label"] for p in parts]) if parts else np.zeros(0, np.uint8)),
+    })
+
+
+def read_documents(files: list[Path]):
+    """(id, sentences) of every document of the corpus, streamed from its Arrow files."""
+    for file in files:
+        with pa.memory_map(str(file)) as source:
+            for batch in pa.ipc.open_stream(source):
+                yield from zip(batch.column("id").to_pylist(), batch.column("sentences").to_pylist())
+
+
+def plan(docs, cfg: Config, config_hash: str, out: Path, seen: list):
+    """("task", chunk) for this task's unfinished shards and ("close", k) at each shard's end."""
+    shard, chunk_no, ids, texts = 0, 0, [], []
+    mine = lambda k: k % cfg.num_tasks == cfg.task_index and shards.read_record(out, k, config_hash) is None
+    todo = mine(0)
+    for n, (doc_id, sentences) in enumerate(docs):
+        seen[0] = n + 1
+        if n and n % cfg.docs_per_shard == 0:
+            if ids and todo:
+                yield "task", (shard, chunk_no, ids, texts)
+            yield "close", (shard, todo)
+            shard, chunk_no, ids, texts, todo = shard + 1, 0, [], [], mine(shard + 1)
+        elif n and n % cfg.chunk_docs == 0 and ids:
+            if todo:
+                yield "task", (shard, chunk_no, ids, texts)
+            chunk_no, ids, texts = chunk_no + 1, [], []
+        ids.append(doc_id)
+        texts.append(sentences)
+    if ids and todo:
+        yield "task", (shard, chunk_no, ids, texts)
+    yield "close", (shard, todo)
+
+
+def run(cfg: Config) -> dict:
+    files = corpus_files(cfg.corpus)
+    tok_dir = Path(cfg.tokenizer)
+    tok_hash = tokenizer_hash(tok_dir)
+    vocab_size = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size()
+    id_type = pa.uint16() if vocab_size <= 65536 else pa.uint32()
+    out = Path(cfg.output)
+    settings = {k: getattr(cfg, k) for k in _OUTPUT_FIELDS}
+    config_hash = shards.fingerprint(dict(settings, tokenizer=tok_hash, corpus=[f.name for f in files]))
+    shards.prepare_output(out, config_hash, cfg.overwrite, "shard")
+    t0, seen, written, skipped = time.time(), [0], 0, 0
+    parts: dict[str, list] = {s: [] for s in SPLITS}
+    tokens_in = 0
+    bar = tqdm(desc="shard", unit=" docs", disable=None, file=sys.stderr)
+    work = plan(read_documents(files), cfg, config_hash, out, seen)
+    for tag, value in ordered_map(build_chunk, work, cfg.num_proc, _init_worker,
+                                  (str(tok_dir / "tokenizer.json"), cfg)):
+        if tag == "task":
+            for s in SPLITS:
+                parts[s].append(value[s])
+            tokens_in += value["tokens_in"]
+            bar.update(cfg.chunk_docs)
+            continue
+        shard, todo = value
+        if todo:
+            tables = {s: examples_table(parts[s], id_type) for s in SPLITS}
+            counts = {f"{s}_examples": tables[s].num_rows for s in SPLITS}
+            counts.update({f"{s}_tokens": int(sum(p["lengths"].sum() for p in parts[s])) for s in SPLITS},
+                          not_next=int(sum((p["label"] == NOT_NEXT).sum() for p in parts["train"])),
+                          tokens_in=tokens_in)
+            shards.write_shard(out, shard, tables, {"config_hash": config_hash, "counts": counts})
+            written += 1
+        else:
+            skipped += 1
+        parts, tokens_in = {s: [] for s in SPLITS}, 0
+    bar.close()
+    if seen[0] == 0:
+        raise PipelineError(f"{cfg.corpus}: the corpus has no documents; extract a larger input")
+    num_shards = (seen[0] - 1) // cfg.docs_per_shard + 1
+    manifest = {"kind": "pretraining", "tokenizer_hash": tok_hash, "vocab_size": vocab_size,
+                "id_dtype": str(id_type), "max_seq_len": cfg.max_seq_len, "config": to_dict(cfg)}
+    done = shards.finalize(out, num_shards, config_hash, manifest)
+    if done:
+        shutil.copytree(tok_dir, out / "tokenizer", dirs_exist_ok=True)
+        totals = _totals(out)
+        print(f"shard: {totals['train_examples']} train / {totals['valid_examples']} valid examples, "
+              f"{totals['train_tokens'] + totals['valid_tokens']} tokens, "
+              f"NotNext {totals['not_next'] / max(totals['train_examples'], 1):.1%} -> {out}", file=sys.stderr)
+    print(f"shard: {written} shard(s) written, {skipped} skipped, {num_shards} in all, {time.time() - t0:.1f}s"
+          + ("" if done else "; waiting for other tasks' shards"), file=sys.stderr)
+    return {"done": done, "shards": num_shards, "seconds": time.time() - t0}
+
+
+def _totals(out: Path) -> dict:
+    manifest = shards.read_manifest(out, "pretraining data", "run 'kowiki-bert shard' again")
+    totals = Counter()
+    for rec in manifest["shards"]:
+        totals.update(rec["counts"])
+    manifest["counts"] = dict(totals)
+    shards.atomic_write_json(out / shards.MANIFEST, manifest)
+    return totals
+
+
+if __name__ == "__main__":
+    from pipeline.cli import stage_main
+
+    sys.exit(stage_main(__name__))

@@ -1,0 +1,141 @@
+"""Tokenizer stage: train a Korean WordPiece vocabulary on the extracted documents.
+
+No lowercasing and no accent stripping: BERT's accent stripping runs NFD, which splits every
+Hangul syllable into conjoining jamo. The normalizer is NFC plus BERT's cleanup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from pipeline.config import fail, option
+from pipeline.corpus import load_documents
+from pipeline.errors import PipelineError
+from pipeline.shards import atomic_write_json
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@dataclass
+class Config:
+    corpus: str = option(help="directory written by 'kowiki-bert extract'")
+    output: str = option(help="directory for the Hugging Face tokenizer")
+    vocab_size: int = option(32000, "WordPiece vocabulary size, special tokens included")
+    min_frequency: int = option(2, "ignore pieces seen fewer times")
+    limit_alphabet: int = option(3000, "most frequent characters kept as the base alphabet (Hangul needs ~2,500)")
+    max_documents: int = option(300000, "train on a seeded sample of this many documents (0: all)")
+    heldout_documents: int = option(500, "documents kept out of training to report UNK rate and tokens per word")
+    seed: int = option(0, "seed of the document sample and hold-out")
+
+    def __post_init__(self):
+        if self.vocab_size < len(SPECIAL_TOKENS) + 100:
+            fail("vocab_size", f"{self.vocab_size} is too small", "use at least a few thousand")
+        if self.max_documents < 0 or self.heldout_documents < 0:
+            fail("max_documents", "is negative", "use 0 or more")
+
+
+ALIASES = {"--corpus": "corpus", "--output": "output", "--vocab-size": "vocab_size"}
+
+
+def build_tokenizer() -> Tokenizer:
+    """An untrained BERT-style WordPiece pipeline that leaves Hangul intact."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = normalizers.Sequence([
+        normalizers.NFC(),
+        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False),
+    ])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _split(n: int, cfg: Config) -> tuple[list[int], list[int]]:
+    order = list(range(n))
+    random.Random(cfg.seed).shuffle(order)
+    held = sorted(order[:min(cfg.heldout_documents, n // 10)])
+    train = order[len(held):]
+    if cfg.max_documents and len(train) > cfg.max_documents:
+        train = train[:cfg.max_documents]
+    return sorted(train), held
+
+
+def _sentences(docs, indices, batch: int = 1000):
+    for start in range(0, len(indices), batch):
+        for doc in docs.select(indices[start:start + batch])["sentences"]:
+            yield from doc
+
+
+def evaluate(tok: Tokenizer, sentences: list[str]) -> dict:
+    """UNK rate and tokens per whitespace word on held-out text."""
+    unk = tok.token_to_id("[UNK]")
+    encs = tok.encode_batch(sentences, add_special_tokens=False)
+    tokens = sum(len(e.ids) for e in encs)
+    unks = sum(e.ids.count(unk) for e in encs)
+    words = sum(len(s.split()) for s in sentences)
+    return {"heldout_sentences": len(sentences), "tokens": tokens,
+            "unk_rate": unks / max(tokens, 1), "tokens_per_word": tokens / max(words, 1)}
+
+
+def jamo_share(vocab: dict[str, int]) -> float:
+    """Share of vocabulary entries holding conjoining jamo: high means Hangul was decomposed."""
+    bad = sum(any("\u1100" <= c <= "\u11ff" for c in piece) for piece in vocab)
+    return bad / max(len(vocab), 1)
+
+
+def to_transformers(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+        cls_token="[CLS]", mask_token="[MASK]", model_max_length=512,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+def tokenizer_hash(path: str | Path) -> str:
+    """Identity of a saved tokenizer: the hash of its ``tokenizer.json``."""
+    file = Path(path) / "tokenizer.json"
+    if not file.exists():
+        raise PipelineError(f"{path}: no tokenizer.json; pass a directory written by 'kowiki-bert tokenizer'")
+    return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+
+
+def run(cfg: Config) -> dict:
+    docs = load_documents(cfg.corpus)
+    if len(docs) == 0:
+        raise PipelineError(f"{cfg.corpus}: the corpus has no documents; extract a larger input")
+    train_idx, held_idx = _split(len(docs), cfg)
+    tok = build_tokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIAL_TOKENS,
+        limit_alphabet=cfg.limit_alphabet, continuing_subword_prefix="##", show_progress=sys.stderr.isatty())
+    print(f"tokenizer: training WordPiece ({cfg.vocab_size} pieces) on {len(train_idx)} documents", file=sys.stderr)
+    tok.train_from_iterator(_sentences(docs, train_idx), trainer=trainer, length=None)
+    if tok.token_to_id("[PAD]") != 0:
+        raise PipelineError("tokenizer: [PAD] did not get id 0; report this as a bug")
+    report = evaluate(tok, list(_sentences(docs, held_idx)) or docs[0]["sentences"])
+    report.update(vocab_size=tok.get_vocab_size(), jamo_share=jamo_share(tok.get_vocab()),
+                  train_documents=len(train_idx), heldout_documents=len(held_idx))
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    to_transformers(tok).save_pretrained(str(out))
+    atomic_write_json(out / "report.json", report)
+    print(f"tokenizer: vocab {report['vocab_size']}, held-out UNK rate {report['unk_rate']:.3%}, "
+          f"{report['tokens_per_word']:.2f} tokens/word, jamo pieces {report['jamo_share']:.2%} -> {out}",
+          file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    from pipeline.cli import stage_main
+
+    sys.exit(stage_main(__name__))
