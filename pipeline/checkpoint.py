@@ -1,0 +1,118 @@
+"""Checkpoints: ``OUTPUT/checkpoints/step-XXXXXXXX/``, atomic, verified, exactly resumable.
+
+A checkpoint is written to ``.tmp-step-XXXXXXXX``, gets ``checksums.json`` and then the
+``COMPLETE`` marker, and only then is renamed into place. "Latest" is the highest step with a
+marker whose checksums verify; a damaged one is reported and the previous one used. Loads use
+safetensors or ``torch.load(weights_only=True)``; DeepSpeed's own engine files are read by
+DeepSpeed after their checksums have been verified.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from pipeline.shards import atomic_write_json, file_sha256
+
+COMPLETE = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
+             "numpy_key": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_key"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seal(tmp: Path, final: Path) -> None:
+    """Checksum every file, write the marker, rename into place (rank 0 only)."""
+    sums = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    atomic_write_json(tmp / "checksums.json", sums)
+    (tmp / COMPLETE).write_text("ok\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def verify(path: Path) -> str | None:
+    """None if the checkpoint is complete and intact, else what is wrong with it."""
+    if not (path / COMPLETE).exists():
+        return "no COMPLETE marker"
+    try:
+        sums = json.loads((path / "checksums.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "checksums.json unreadable"
+    for name, digest in sums.items():
+        file = path / name
+        if not file.exists():
+            return f"{name} missing"
+        if file_sha256(file) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def candidates(root: Path) -> list[Path]:
+    """Checkpoint folders, highest step first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_valid(root: Path, log=print) -> Path | None:
+    """The highest verified checkpoint; damaged ones are reported and skipped."""
+    for path in candidates(root):
+        problem = verify(path)
+        if problem is None:
+            return path
+        log(f"checkpoint {path.name} is damaged ({problem}); falling back to the previous one")
+    return None
+
+
+def prune(root: Path, keep_last: int, keep_every: int) -> None:
+    """Keep the last ``keep_last`` checkpoints and every ``keep_every``-th step as milestones."""
+    for path in candidates(root)[keep_last:]:
+        step = int(path.name.split("-")[1])
+        if not (keep_every and step % keep_every == 0):
+            shutil.rmtree(path, ignore_errors=True)
+    for tmp in root.glob(".tmp-step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_module(module: torch.nn.Module, path: Path) -> None:
+    save_model(module, str(path))  # handles the tied embedding/decoder weights
+
+
+def load_module(module: torch.nn.Module, path: Path) -> None:
+    missing, unexpected = load_model(module, str(path), strict=True)
+
+
+def save_torch(obj, path: Path) -> None:
+    torch.save(obj, path)
+
+
+def load_torch(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,96 @@
+"""Everything distributed lives here: the Accelerator, DeepSpeed's "auto" values, ranks,
+barriers and the agreement of all ranks to stop on a preemption signal.
+
+Facts this encodes (measured on CPU-only machines, accelerate 1.15, deepspeed 0.19):
+without a GPU the process group must be gloo; ``ACCELERATE_USE_CPU=true`` silently turns a
+DeepSpeed launch into plain DDP; DeepSpeed compiles a shared-memory comm op at first start
+on CPU (about a minute) unless it is marked incompatible first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+from pipeline.errors import PipelineError
+
+
+def using_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def make_accelerator(precision: str, accumulation: int, timeout_minutes: int = 30) -> Accelerator:
+    """The Accelerator for this launch: gloo without a GPU, NCCL with one."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if using_deepspeed():
+        if os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true":
+            raise PipelineError("ACCELERATE_USE_CPU=true turns a DeepSpeed launch into plain DDP; "
+                                "unset it for --use_deepspeed launches")
+        if not torch.cuda.is_available():
+            import deepspeed.ops
+
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or using_deepspeed()
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=timeout_minutes))] if launched else []
+    return Accelerator(mixed_precision=None if precision == "no" else precision,
+                       gradient_accumulation_steps=accumulation, kwargs_handlers=handlers,
+                       step_scheduler_with_optimizer=False)
+
+
+def fill_deepspeed_auto(accelerator: Accelerator, micro_batch: int, accumulation: int,
+                        clip: float, precision: str) -> int:
+    """Fill the DeepSpeed JSON's "auto" values from the run config (their one owner).
+
+    Returns the ZeRO stage, or -1 without DeepSpeed.
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return -1
+    ds = plugin.deepspeed_config
+    values = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accumulation,
+              "train_batch_size": micro_batch * accumulation * accelerator.num_processes,
+              "gradient_clipping": clip}
+    for key, value in values.items():
+        if ds.get(key, "auto") == "auto":
+            ds[key] = value
+    for kind in ("bf16", "fp16"):
+        if isinstance(ds.get(kind), dict) and ds[kind].get("enabled") == "auto":
+            ds[kind]["enabled"] = precision == kind
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def distributed_type(accelerator: Accelerator) -> str:
+    return str(accelerator.distributed_type).split(".")[-1]
+
+
+def is_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def all_reduce_sum(accelerator: Accelerator, values: list[float]) -> list[float]:
+    """Sum a few numbers over all ranks (one small collective)."""
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM; ``agreed`` makes every rank stop at the same step boundary."""
+
+    def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM)):
+        self.raised = 0
+        for sig in signals:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.raised = signum
+
+    def agreed(self, accelerator: Accelerator) -> bool:
+        return all_reduce_sum(accelerator, [float(self.raised != 0)])[0] > 0

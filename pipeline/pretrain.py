@@ -1,0 +1,430 @@
+"""Pretrain stage: BertForPreTraining (MLM+NSP) from the shards, with Accelerate/DeepSpeed.
+
+Run as ``kowiki-bert pretrain ...`` (one process) or ``accelerate launch [--config_file
+accelerate_configs/X.yaml] -m pipeline.pretrain ...``. The code reads top to bottom:
+setup (launch, config checks) -> build (data, model, optimizer) -> resume -> loop -> export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import fail, option, to_dict
+from pipeline.data import MLMNSPCollator, epoch_order, load_pretraining_dataset, load_tokenizer, micro_batch_indices, pretraining_manifest
+from pipeline.distributed import StopFlag, all_reduce_sum, distributed_type, fill_deepspeed_auto, is_deepspeed, make_accelerator
+from pipeline.errors import PipelineError
+from pipeline.export import full_state_dict, save_hf
+from pipeline.model import PRESETS, bert_config, build_model, device_peak_flops, train_flops
+from pipeline.optim import build_optimizer, lr_factor
+from pipeline.shards import atomic_write_json
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGUSR1/SIGTERM after a checkpoint; requeue to resume
+
+
+@dataclass
+class ModelArgs:
+    size: str = option("tiny", "size preset", choices=tuple(PRESETS))
+    dropout: float = option(0.1, "hidden and attention dropout")
+    attention: str = option("sdpa", "attention kernel (sdpa: PyTorch fused attention)", choices=("sdpa", "eager"))
+    compile: bool = option(False, "torch.compile the model")
+
+
+@dataclass
+class OptimArgs:
+    name: str = option("adamw", "optimizer (lamb for very large batches)", choices=("adamw", "lamb"))
+    lr: float = option(5e-4, "peak learning rate")
+    weight_decay: float = option(0.01, "decoupled weight decay (not on biases and LayerNorm)")
+    beta1: float = option(0.9, "Adam beta1")
+    beta2: float = option(0.98, "Adam beta2")
+    eps: float = option(1e-6, "Adam epsilon")
+    warmup_ratio: float = option(0.01, "share of max_steps spent warming up linearly")
+    schedule: str = option("linear", "decay after warmup", choices=("linear", "cosine"))
+    min_lr_ratio: float = option(0.0, "final LR as a share of the peak")
+    clip_grad_norm: float = option(1.0, "clip the global gradient norm to this (0: off)")
+
+
+@dataclass
+class TrainArgs:
+    max_steps: int = option(1000, "optimizer steps to train")
+    global_batch_size: int = option(256, "sequences per optimizer step, kept whatever the number of processes")
+    micro_batch_size: int = option(32, "sequences per process per forward pass")
+    precision: str = option("no", "mixed precision", choices=("no", "bf16", "fp16"))
+    mlm_probability: float = option(0.15, "share of real tokens masked")
+    whole_word_mask: bool = option(False, "mask all pieces of a word together")
+    num_workers: int = option(1, "data-loading worker processes per rank")
+    log_every: int = option(10, "steps between TensorBoard scalars")
+    max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps")
+
+
+@dataclass
+class EvalArgs:
+    every: int = option(500, "steps between evaluations on the held-out shards (0: only at the end)")
+    batches: int = option(20, "batches per evaluation")
+    batch_size: int = option(32, "sequences per evaluation batch")
+
+
+@dataclass
+class CheckpointArgs:
+    save_every: int = option(1000, "steps between checkpoints (0: only at the end and on preemption)")
+    keep_last: int = option(3, "checkpoints kept")
+    keep_every: int = option(0, "also keep every step that is a multiple of this (milestones; 0: none)")
+    export_hf: bool = option(True, "write a Hugging Face export beside each checkpoint")
+
+
+@dataclass
+class Config:
+    data: str = option(help="directory written by 'kowiki-bert shard'")
+    output: str = option(help="run directory: checkpoints/, tensorboard/, model/, run_info.json")
+    seed: int = option(0, "seed of initialization, data order and masking")
+    resume: str = option("auto", "auto: latest valid checkpoint in output; never; or a checkpoint path")
+    model: ModelArgs = field(default_factory=ModelArgs)
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
+
+    def __post_init__(self):
+        t = self.train
+        if t.max_steps < 1:
+            fail("train.max_steps", f"is {t.max_steps}", "use 1 or more")
+        if t.global_batch_size % t.micro_batch_size:
+            fail("train.global_batch_size", f"{t.global_batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size}",
+                 "make it one")
+        if not 0 < t.mlm_probability < 1:
+            fail("train.mlm_probability", f"is {t.mlm_probability}", "use a value in (0, 1)")
+        if self.optim.lr <= 0 or not 0 <= self.optim.warmup_ratio < 1:
+            fail("optim.lr", "must be > 0 with optim.warmup_ratio in [0, 1)", "fix the value")
+
+
+ALIASES = {"--data": "data", "--output": "output", "--model-size": "model.size", "--max-steps": "train.max_steps",
+           "--save-every": "checkpoint.save_every", "--seed": "seed", "--resume": "resume",
+           "--precision": "train.precision", "--global-batch-size": "train.global_batch_size",
+           "--micro-batch-size": "train.micro_batch_size", "--lr": "optim.lr"}
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """This rank's k-th micro-batch, a pure function of k: resuming needs no replay."""
+
+    def __init__(self, ds, collator: MLMNSPCollator, seed: int, global_batch: int, micro: int, accum: int,
+                 rank: int, world: int):
+        self.ds, self.collator, self.seed = ds, collator, seed
+        self.global_batch, self.micro, self.accum, self.rank, self.world = global_batch, micro, accum, rank, world
+        self.steps_per_epoch = len(ds) // global_batch
+        self._epoch, self._order = -1, None
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, k: int) -> dict:
+        step, a = divmod(k, self.accum)
+        epoch, s = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, epoch_order(len(self.ds), self.seed, epoch)
+        idx = micro_batch_indices(self._order, s, self.global_batch, self.micro, self.accum, self.rank, self.world)[a]
+        self.collator.epoch = epoch
+        return self.collator([self.ds[int(i)] for i in idx])
+
+
+def setup(cfg: Config):
+    """Launch topology, batch arithmetic and the DeepSpeed "auto" values."""
+    probe = make_accelerator(cfg.train.precision, 1)
+    world = probe.num_processes
+    per_step = cfg.train.micro_batch_size * world
+    if cfg.train.global_batch_size % per_step:
+        raise PipelineError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
+                            f"micro_batch_size x processes = {per_step}; change one of them")
+    accum = cfg.train.global_batch_size // per_step
+    probe.gradient_accumulation_steps = accum
+    probe.gradient_state.plugin_kwargs["num_steps"] = accum
+    stage = fill_deepspeed_auto(probe, cfg.train.micro_batch_size, accum, cfg.optim.clip_grad_norm, cfg.train.precision)
+    return probe, accum, stage
+
+
+def run_info(accelerator, cfg: Config, accum: int, stage: int) -> dict:
+    import accelerate
+    import deepspeed
+    import transformers
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        rev = None
+    return {"world_size": accelerator.num_processes, "distributed_type": distributed_type(accelerator),
+            "backend": str(getattr(accelerator.state, "backend", None)),
+            "mixed_precision": cfg.train.precision, "deepspeed_stage": stage if stage >= 0 else None,
+            "global_batch_size": cfg.train.global_batch_size, "micro_batch_size": cfg.train.micro_batch_size,
+            "gradient_accumulation_steps": accum, "device": str(accelerator.device),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "accelerate": accelerate.__version__, "deepspeed": deepspeed.__version__},
+            "git_revision": rev, "config": to_dict(cfg)}
+
+
+def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict, cfg: Config, bert_cfg, tokenizer) -> Path:
+    """Write ``checkpoints/step-N`` atomically; every rank takes part."""
+    root = Path(cfg.output) / "checkpoints"
+    tmp, final = root / f".tmp-step-{state['step']:08d}", ckpt.step_dir(root, state["step"])
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    if is_deepspeed(accelerator):
+        model.save_checkpoint(str(tmp / "deepspeed"), tag="state")
+    elif accelerator.is_main_process:
+        ckpt.save_module(accelerator.unwrap_model(model).bert, tmp / "model.safetensors")
+        ckpt.save_torch(optimizer.optimizer.state_dict(), tmp / "optimizer.pt")
+        if accelerator.scaler is not None:
+            ckpt.save_torch(accelerator.scaler.state_dict(), tmp / "scaler.pt")
+    ckpt.save_torch(ckpt.rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    if cfg.checkpoint.export_hf:
+        weights = full_state_dict(accelerator, model)
+        if accelerator.is_main_process:
+            save_hf(weights, bert_cfg, tokenizer, tmp / "hf")
+    if accelerator.is_main_process:
+        ckpt.save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
+        atomic_write_json(tmp / "state.json", state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.seal(tmp, final)
+        ckpt.prune(root, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_resume(accelerator, cfg: Config) -> Path | None:
+    """The checkpoint to resume from; rank 0 verifies, every rank gets the same answer."""
+    if cfg.resume == "never":
+        return None
+    step = 0.0
+    if accelerator.is_main_process:
+        if cfg.resume == "auto":
+            path = ckpt.latest_valid(Path(cfg.output) / "checkpoints", log=lambda m: print(m, file=sys.stderr))
+        else:
+            path = Path(cfg.resume)
+            problem = ckpt.verify(path) if path.is_dir() else "no such directory"
+            if problem:
+                raise PipelineError(f"resume checkpoint {path}: {problem}; pass another one or --resume auto")
+        step = float(int(path.name.split("-")[1]) + 1) if path else 0.0
+    step = int(all_reduce_sum(accelerator, [step])[0])
+    if not step:
+        return None
+    if cfg.resume == "auto":
+        return ckpt.step_dir(Path(cfg.output) / "checkpoints", step - 1)
+    return Path(cfg.resume)
+
+
+def load_checkpoint(accelerator, model, optimizer, scheduler, path: Path, cfg: Config) -> dict:
+    state = json.loads((path / "state.json").read_text())
+    if state["global_batch_size"] != cfg.train.global_batch_size:
+        raise PipelineError(f"{path} was trained with train.global_batch_size={state['global_batch_size']}; "
+                            f"resume with the same value or start a new --output")
+    if is_deepspeed(accelerator):
+        model.load_checkpoint(str(path / "deepspeed"), tag="state", load_lr_scheduler_states=False)
+    else:
+        ckpt.load_module(accelerator.unwrap_model(model).bert, path / "model.safetensors")
+        optimizer.optimizer.load_state_dict(ckpt.load_torch(path / "optimizer.pt"))
+        if accelerator.scaler is not None and (path / "scaler.pt").exists():
+            accelerator.scaler.load_state_dict(ckpt.load_torch(path / "scaler.pt"))
+    scheduler.load_state_dict(ckpt.load_torch(path / "scheduler.pt"))
+    rng_file = path / f"rng-{accelerator.process_index}.pt"
+    if state["world_size"] == accelerator.num_processes and rng_file.exists():
+        ckpt.set_rng_state(ckpt.load_torch(rng_file))
+    else:  # elastic resume: the data position carries over, dropout streams are re-derived
+        torch.manual_seed(hash((cfg.seed, state["step"], accelerator.process_index)) % 2**63)
+    return state
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, valid, collator: MLMNSPCollator, cfg: Config) -> dict:
+    """MLM loss, perplexity and accuracies on the held-out shards (same batches every time)."""
+    if len(valid) == 0:
+        return {}
+    bs = cfg.eval.batch_size
+    total = min(cfg.eval.batches, math.ceil(len(valid) / bs))
+    per_rank = math.ceil(total / accelerator.num_processes)
+    sums = [0.0] * 6
+    model.eval()
+    for j in range(per_rank):  # every rank runs the same number of forwards (ZeRO-3 needs it)
+        b = accelerator.process_index + j * accelerator.num_processes
+        weight = 1.0 if b < total else 0.0
+        b %= total
+        batch = collator([valid[i] for i in range(b * bs, min(len(valid), (b + 1) * bs))])
+        out = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
+        for i, key in enumerate(("mlm_sum", "mlm_correct", "mlm_count", "nsp_sum", "nsp_correct", "nsp_count")):
+            sums[i] += weight * float(out[key])
+    model.train()
+    mlm_sum, mlm_correct, mlm_count, nsp_sum, nsp_correct, nsp_count = all_reduce_sum(accelerator, sums)
+    mlm_loss = mlm_sum / max(mlm_count, 1)
+    return {"mlm_loss": mlm_loss, "perplexity": math.exp(min(mlm_loss, 50)), "mlm_accuracy": mlm_correct / max(mlm_count, 1),
+            "nsp_loss": nsp_sum / max(nsp_count, 1), "nsp_accuracy": nsp_correct / max(nsp_count, 1)}
+
+
+def run(cfg: Config) -> int | dict:
+    # --- setup
+    accelerator, accum, stage = setup(cfg)
+    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    out = Path(cfg.output)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    if not main:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    # --- build
+    manifest = pretraining_manifest(cfg.data)
+    tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer")
+    train_ds = load_pretraining_dataset(cfg.data, "train")
+    valid_ds = load_pretraining_dataset(cfg.data, "valid")
+    if len(train_ds) < cfg.train.global_batch_size:
+        raise PipelineError(f"{cfg.data} holds {len(train_ds)} training examples, fewer than one global batch "
+                            f"({cfg.train.global_batch_size}); lower train.global_batch_size or shard more text")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
+                           cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id)
+    model = build_model(bert_cfg)
+    torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)  # per-rank dropout streams
+    if not is_deepspeed(accelerator):
+        model.to(accelerator.device)
+    optimizer = build_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
+                                (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps)
+    warmup = int(cfg.optim.warmup_ratio * cfg.train.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, warmup, cfg.train.max_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio))
+    if cfg.model.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # --- resume
+    state = {"step": 0, "tokens_seen": 0, "world_size": world, "global_batch_size": cfg.train.global_batch_size,
+             "bad_steps": 0, "restarts": 0}
+    resume_from = find_resume(accelerator, cfg)
+    if resume_from:
+        state = load_checkpoint(accelerator, model, optimizer, scheduler, resume_from, cfg)
+        state.update(world_size=world, restarts=state.get("restarts", 0) + 1)
+        if main:
+            print(f"pretrain: resumed from {resume_from} at step {state['step']}", file=sys.stderr)
+    info = run_info(accelerator, cfg, accum, stage)
+    if main:
+        atomic_write_json(out / "run_info.json", dict(info, resumed_from=str(resume_from) if resume_from else None))
+        atomic_write_json(out / "status.json", {"state": "running", "step": state["step"]})
+    # --- loop
+    collator = MLMNSPCollator(tokenizer, cfg.train.mlm_probability, cfg.seed, cfg.train.whole_word_mask)
+    eval_collator = MLMNSPCollator(tokenizer, cfg.train.mlm_probability, cfg.seed + 1, cfg.train.whole_word_mask)
+    batches = iter(torch.utils.data.DataLoader(
+        StepBatches(train_ds, collator, cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, accum, rank, world),
+        batch_size=None, sampler=range(state["step"] * accum, cfg.train.max_steps * accum),
+        num_workers=cfg.train.num_workers, prefetch_factor=4 if cfg.train.num_workers else None))
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=state["step"] or None)
+    peak = device_peak_flops(accelerator.device)
+    stop = StopFlag()
+    params = [p for p in model.parameters() if p.requires_grad]
+    bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="pretrain", disable=not main or None,
+               file=sys.stderr, dynamic_ncols=True)
+    window = [0.0] * 8  # loss sums, hits and counts since the last log
+    t_log, preempted, last_saved, metrics = time.time(), False, -1, {}
+    while state["step"] < cfg.train.max_steps:
+        micro = [next(batches) for _ in range(accum)]
+        masked = float(sum(int((b["labels"] != -100).sum()) for b in micro))
+        real = float(sum(int(b["attention_mask"].sum()) for b in micro))
+        global_masked, global_real, stop_now = all_reduce_sum(accelerator, [masked, real, float(stop.raised != 0)])
+        if stop_now:
+            preempted = True
+            break
+        mlm_den = max(global_masked, 1.0) / (world * accum)
+        nsp_den = cfg.train.global_batch_size / (world * accum)
+        step_sums, grad_norm = [0.0] * 4, None
+        for b in micro:
+            b = {k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()}
+            with accelerator.accumulate(model):
+                res = model(**b, mlm_denominator=mlm_den, nsp_denominator=nsp_den)
+                accelerator.backward(res["loss"])
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.optim.clip_grad_norm or float("inf"))
+                    if grad_norm is None or is_deepspeed(accelerator) or torch.isfinite(grad_norm):
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            for i, key in enumerate(("mlm_sum", "mlm_correct", "nsp_sum", "nsp_correct")):
+                step_sums[i] += float(res[key])
+        scheduler.step()
+        sums = all_reduce_sum(accelerator, step_sums)
+        loss = sums[0] / max(global_masked, 1) + sums[2] / cfg.train.global_batch_size
+        finite = math.isfinite(loss) and (grad_norm is None or math.isfinite(float(grad_norm)))
+        state["bad_steps"] = 0 if finite and not accelerator.optimizer_step_was_skipped else state["bad_steps"] + 1
+        if state["bad_steps"] > cfg.train.max_bad_steps:
+            raise PipelineError(f"training diverged: {state['bad_steps']} non-finite steps in a row at step {state['step']}; "
+                                f"lower optim.lr, raise optim.warmup_ratio, or use train.precision bf16 instead of fp16")
+        state["step"] += 1
+        state["tokens_seen"] += int(global_real)
+        for i, v in enumerate(sums + [global_masked, cfg.train.global_batch_size, global_real]):
+            window[i] += v
+        window[7] += train_flops(bert_cfg, int(global_real), micro[0]["input_ids"].shape[1], int(global_masked))
+        bar.update(1)
+        if main and (state["step"] % cfg.train.log_every == 0 or state["step"] == cfg.train.max_steps):
+            dt = max(time.time() - t_log, 1e-9)
+            m = {"loss/total": window[0] / max(window[4], 1) + window[2] / max(window[5], 1),
+                 "loss/mlm": window[0] / max(window[4], 1), "loss/nsp": window[2] / max(window[5], 1),
+                 "accuracy/mlm": window[1] / max(window[4], 1), "accuracy/nsp": window[3] / max(window[5], 1),
+                 "optim/lr": scheduler.get_last_lr()[0],
+                 "optim/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                 "perf/tokens_per_second": window[6] / dt, "perf/flops_per_second": window[7] / dt}
+            if peak:
+                m["perf/mfu"] = window[7] / dt / (peak * world)
+            for k, v in m.items():
+                writer.add_scalar(k, v, state["step"])
+            bar.set_postfix(loss=f"{m['loss/total']:.3f}", mlm_acc=f"{m['accuracy/mlm']:.3f}", lr=f"{m['optim/lr']:.2e}")
+            metrics = m
+            window, t_log = [0.0] * 8, time.time()
+        if cfg.eval.every and state["step"] % cfg.eval.every == 0 and state["step"] < cfg.train.max_steps:
+            ev = evaluate(accelerator, model, valid_ds, eval_collator, cfg)
+            if main:
+                for k, v in ev.items():
+                    writer.add_scalar(f"eval/{k}", v, state["step"])
+        if cfg.checkpoint.save_every and state["step"] % cfg.checkpoint.save_every == 0:
+            save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
+            last_saved = state["step"]
+    bar.close()
+    if last_saved != state["step"] and state["step"] > 0:
+        save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
+    if preempted:
+        if main:
+            atomic_write_json(out / "status.json", {"state": "preempted", "step": state["step"]})
+            print(f"pretrain: stopped by signal at step {state['step']} after a checkpoint; "
+                  f"run again (or requeue) to resume, exit code {EXIT_PREEMPTED}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    # --- evaluate and export
+    ev = evaluate(accelerator, model, valid_ds, eval_collator, cfg)
+    weights = full_state_dict(accelerator, model)
+    if main:
+        for k, v in ev.items():
+            writer.add_scalar(f"eval/{k}", v, state["step"])
+        writer.close()
+        save_hf(weights, bert_cfg, tokenizer, out / "model")
+        summary = {"step": state["step"], "tokens_seen": state["tokens_seen"], "train": metrics, "eval": ev}
+        atomic_write_json(out / "metrics.json", summary)
+        atomic_write_json(out / "status.json", {"state": "finished", "step": state["step"]})
+        print(f"pretrain: {state['step']} steps, eval MLM loss {ev.get('mlm_loss', float('nan')):.3f} "
+              f"(ppl {ev.get('perplexity', float('nan')):.1f}), NSP acc {ev.get('nsp_accuracy', float('nan')):.3f} "
+              f"-> {out / 'model'}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    from pipeline.cli import stage_main
+
+    sys.exit(stage_main("pipeline.pretrain", prog="pretrain"))
