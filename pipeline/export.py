@@ -47,8 +47,9 @@ def full_state_dict(accelerator, model) -> dict[str, torch.Tensor] | None:
         full = _full_param(p)
         if accelerator.is_main_process:
             state[name] = full.detach().cpu().clone()
+    persistent = set(bert.state_dict().keys())
     for name, b in bert.named_buffers():
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and name in persistent:
             state[name] = b.detach().cpu().clone()
     return state if accelerator.is_main_process else None
 
