@@ -32,12 +32,11 @@ def _full_param(p: torch.nn.Parameter) -> torch.Tensor:
     return p.data.float()
 
 
-def full_state_dict(accelerator, model) -> dict[str, torch.Tensor] | None:
-    """The fp32 weights of the wrapped ``BertForPreTraining`` on rank 0 (None elsewhere).
+def full_state_dict(accelerator, bert: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The fp32 weights of a (possibly ZeRO-partitioned) HF module on rank 0, None elsewhere.
 
     Every rank must call this: under DeepSpeed it is a collective.
     """
-    bert = accelerator.unwrap_model(model).bert
     if not is_deepspeed(accelerator):
         if not accelerator.is_main_process:
             return None
@@ -54,14 +53,15 @@ def full_state_dict(accelerator, model) -> dict[str, torch.Tensor] | None:
     return state if accelerator.is_main_process else None
 
 
-def save_hf(state: dict[str, torch.Tensor], config, tokenizer, out: Path) -> None:
+def save_hf(state: dict[str, torch.Tensor], config, tokenizer, out: Path, model_cls=BertForPreTraining) -> None:
     """Write a loadable HF directory (safetensors, config, tokenizer), atomically."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = BertForPreTraining(config)
+    model = model_cls(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids", "decoder.weight", "decoder.bias"))]
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not k.endswith(("position_ids", "token_type_ids", "decoder.weight", "decoder.bias"))]
     if missing or unexpected:
         raise RuntimeError(f"export: state dict mismatch, missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.save_pretrained(str(tmp), safe_serialization=True)

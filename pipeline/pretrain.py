@@ -188,7 +188,7 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict, cfg: 
             ckpt.save_torch(accelerator.scaler.state_dict(), tmp / "scaler.pt")
     ckpt.save_torch(ckpt.rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     if cfg.checkpoint.export_hf:
-        weights = full_state_dict(accelerator, model)
+        weights = full_state_dict(accelerator, accelerator.unwrap_model(model).bert)
         if accelerator.is_main_process:
             save_hf(weights, bert_cfg, tokenizer, tmp / "hf")
     if accelerator.is_main_process:
@@ -408,7 +408,7 @@ def run(cfg: Config) -> int | dict:
         return EXIT_PREEMPTED
     # --- evaluate and export
     ev = evaluate(accelerator, model, valid_ds, eval_collator, cfg)
-    weights = full_state_dict(accelerator, model)
+    weights = full_state_dict(accelerator, accelerator.unwrap_model(model).bert)
     if main:
         for k, v in ev.items():
             writer.add_scalar(f"eval/{k}", v, state["step"])

@@ -1,0 +1,240 @@
+"""Fine-tune stage: a BERT directory on a Korean downstream task, with metrics and a report.
+
+Any local Hugging Face BERT directory with a tokenizer works as ``--model`` (ours or another);
+``--init random`` trains the same architecture from scratch, the control that shows what
+pretraining bought. Several ``--seed`` values give mean +- std.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.config import fail, option, to_dict
+from pipeline.data import load_tokenizer
+from pipeline.distributed import fill_deepspeed_auto, make_accelerator
+from pipeline.errors import PipelineError
+from pipeline.export import full_state_dict, save_hf
+from pipeline.optim import build_optimizer, lr_factor
+from pipeline.report import write_curve, write_report
+from pipeline.scoring import classification_metrics, regression_metrics
+from pipeline.shards import atomic_write_json
+from pipeline.tasks import TASKS, label_ids, load_rows
+
+
+@dataclass
+class Config:
+    model: str = option(help="Hugging Face BERT directory with its tokenizer (e.g. pretrain's OUTPUT/model)")
+    task: str = option(help="task and file layout", choices=tuple(TASKS))
+    train: str = option(help="training file")
+    eval: str = option(help="evaluation file")
+    output: str = option(help="directory for metrics.json, report.md, learning_curve.png and model/")
+    init: str = option("pretrained", "start from the pretrained weights or from random ones", choices=("pretrained", "random"))
+    seeds: list[int] = option(default_factory=lambda: [42], help="one or more seeds, comma-separated; several give mean +- std")
+    epochs: int = option(3, "training epochs")
+    lr: float = option(5e-5, "peak learning rate")
+    batch_size: int = option(32, "sequences per optimizer step (over all processes)")
+    eval_batch_size: int = option(128, "sequences per evaluation batch")
+    max_seq_len: int = option(128, "truncate inputs to this many tokens")
+    warmup_ratio: float = option(0.1, "share of steps with linear warmup")
+    weight_decay: float = option(0.01, "decoupled weight decay")
+    clip_grad_norm: float = option(1.0, "gradient clipping (0: off)")
+    precision: str = option("no", "mixed precision", choices=("no", "bf16", "fp16"))
+    early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)")
+    max_train_examples: int = option(0, "train on a seeded sample of this many rows (0: all)")
+    max_eval_examples: int = option(0, "evaluate on the first this many rows (0: all)")
+    text_column: str = option("text", "generic task: column of the (first) sentence")
+    pair_column: str = option("", "generic task: column of the second sentence, if pairs")
+    label_column: str = option("label", "generic task: column of the label")
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            fail("epochs", f"is {self.epochs}", "use 1 or more")
+        if not self.seeds:
+            fail("seeds", "is empty", "give at least one seed")
+        if self.batch_size < 1 or self.lr <= 0:
+            fail("batch_size", "batch_size and lr must be positive", "fix them")
+
+
+ALIASES = {"--model": "model", "--task": "task", "--train": "train", "--eval": "eval", "--output": "output",
+           "--epochs": "epochs", "--seed": "seeds", "--init": "init", "--text-column": "text_column",
+           "--pair-column": "pair_column", "--label-column": "label_column"}
+
+
+def prepare_data(cfg: Config, tokenizer):
+    """Read, check and tokenize both files before any training starts."""
+    spec = TASKS[cfg.task]
+    kw = dict(text_column=cfg.text_column, pair_column=cfg.pair_column, label_column=cfg.label_column)
+    train_rows, eval_rows = load_rows(cfg.task, cfg.train, **kw), load_rows(cfg.task, cfg.eval, **kw)
+    names, y_train, y_eval = label_ids(spec, train_rows, eval_rows, cfg.eval)
+    keep = list(range(len(train_rows.text)))
+    if cfg.max_train_examples and len(keep) > cfg.max_train_examples:
+        keep = sorted(random.Random(0).sample(keep, cfg.max_train_examples))
+    n_eval = min(len(eval_rows.text), cfg.max_eval_examples or len(eval_rows.text))
+
+    def encode(rows, idx, labels):
+        pair = [rows.pair[i] for i in idx] if rows.pair else None
+        enc = tokenizer([rows.text[i] for i in idx], pair, truncation=True, max_length=cfg.max_seq_len)
+        return [{**{k: enc[k][j] for k in enc}, "labels": labels[i]} for j, i in enumerate(idx)]
+
+    binary = eval_rows.binary[:n_eval] if eval_rows.binary else None
+    return spec, names, encode(train_rows, keep, y_train), encode(eval_rows, range(n_eval), y_eval), binary
+
+
+def build_model(cfg: Config, num_labels: int, regression: bool):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    kw = dict(num_labels=num_labels, problem_type="regression" if regression else "single_label_classification")
+    if cfg.init == "random":
+        return AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(cfg.model, **kw))
+    return AutoModelForSequenceClassification.from_pretrained(cfg.model, **kw)
+
+
+def collate_fn(tokenizer, regression: bool):
+    from transformers import DataCollatorWithPadding
+
+    pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+
+    def collate(rows):
+        batch = pad([{k: v for k, v in r.items() if k != "labels"} for r in rows])
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.float if regression else torch.long)
+        return batch
+
+    return collate
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, loader, regression: bool, binary, num_labels: int) -> dict:
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        logits = model(**batch).logits
+        logits, y = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        preds.append(logits.cpu())
+        labels.append(y.cpu())
+    model.train()
+    logits, y = torch.cat(preds), torch.cat(labels)
+    if regression:
+        pred = logits.squeeze(-1)
+        metrics = regression_metrics(y.numpy(), pred.numpy(), binary)
+        metrics["loss"] = float(torch.nn.functional.mse_loss(pred, y))
+    else:
+        metrics = classification_metrics(y.numpy(), logits.argmax(-1).numpy(), num_labels)
+        metrics["loss"] = float(torch.nn.functional.cross_entropy(logits, y))
+    return metrics
+
+
+def train_seed(accelerator, cfg: Config, seed: int, data, tokenizer, out: Path) -> dict:
+    """Train one seed; keeps the best epoch's model in ``out/model``; returns its history."""
+    from accelerate.utils import set_seed
+
+    spec, names, train, evals, binary = data
+    num_labels = 1 if spec.regression else len(names)
+    set_seed(seed)
+    model = build_model(cfg, num_labels, spec.regression)
+    if names:
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {n: i for i, n in enumerate(names)}
+    per_device = max(1, cfg.batch_size // accelerator.num_processes)
+    collate = collate_fn(tokenizer, spec.regression)
+    g = torch.Generator().manual_seed(seed)
+    train_dl = torch.utils.data.DataLoader(train, batch_size=per_device, shuffle=True, collate_fn=collate, generator=g)
+    eval_dl = torch.utils.data.DataLoader(evals, batch_size=cfg.eval_batch_size, collate_fn=collate)
+    fill_deepspeed_auto(accelerator, per_device, 1, cfg.clip_grad_norm, cfg.precision)
+    optimizer = build_optimizer(model.to(accelerator.device), "adamw", cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
+    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    warmup = int(cfg.warmup_ratio * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+    model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
+    history, best, best_value, stale = [], None, -math.inf, 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0, loss_sum, n = time.time(), 0.0, 0
+        for batch in tqdm(train_dl, desc=f"finetune seed {seed} epoch {epoch}", disable=not accelerator.is_main_process or None,
+                          file=sys.stderr, leave=False):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if cfg.clip_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, n = loss_sum + float(loss.detach()), n + 1
+        metrics = evaluate(accelerator, model, eval_dl, spec.regression, binary, num_labels)
+        row = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "eval_loss": metrics.pop("loss"),
+               **metrics, "seconds": time.time() - t0}
+        history.append(row)
+        if accelerator.is_main_process:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"finetune: seed {seed} epoch {epoch}: train loss {row['train_loss']:.4f}, eval loss {row['eval_loss']:.4f}, {shown}",
+                  file=sys.stderr)
+        if metrics[spec.main_metric] > best_value:
+            best_value, best, stale = metrics[spec.main_metric], row, 0
+            inner = accelerator.unwrap_model(model)
+            weights = full_state_dict(accelerator, inner)
+            if accelerator.is_main_process:
+                save_hf(weights, inner.config, tokenizer, out / "model", type(inner))
+        else:
+            stale += 1
+            if cfg.early_stopping and stale >= cfg.early_stopping:
+                break
+    accelerator.free_memory(model, optimizer, train_dl, eval_dl)
+    return {"seed": seed, "history": history, "best": best}
+
+
+def summarize(results: list[dict], spec) -> dict:
+    """Final metrics of the best epoch; with several seeds, their mean and std."""
+    keys = [k for k in results[0]["best"] if k not in ("epoch", "train_loss", "seconds")]
+    per_seed = {r["seed"]: {k: r["best"][k] for k in keys} for r in results}
+    if len(results) == 1:
+        return dict(next(iter(per_seed.values())), best_epoch=results[0]["best"]["epoch"], main_metric=spec.main_metric)
+    mean = {k: float(np.mean([m[k] for m in per_seed.values()])) for k in keys}
+    std = {k: float(np.std([m[k] for m in per_seed.values()], ddof=1)) for k in keys}
+    return dict(mean, std=std, per_seed=per_seed, main_metric=spec.main_metric)
+
+
+def run(cfg: Config) -> dict:
+    model_dir = Path(cfg.model)
+    if not (model_dir / "config.json").exists():
+        raise PipelineError(f"{model_dir}: no config.json; pass a Hugging Face model directory (e.g. pretrain's OUTPUT/model)")
+    tokenizer = load_tokenizer(model_dir)
+    data = prepare_data(cfg, tokenizer)
+    spec = data[0]
+    out = Path(cfg.output)
+    accelerator = make_accelerator(cfg.precision, 1)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"finetune: {cfg.task}, {len(data[2])} train / {len(data[3])} eval rows, init {cfg.init}, "
+              f"seeds {cfg.seeds}", file=sys.stderr)
+    results = []
+    for seed in cfg.seeds:
+        seed_out = out if len(cfg.seeds) == 1 else out / f"seed-{seed}"
+        results.append(train_seed(accelerator, cfg, seed, data, tokenizer, seed_out))
+    metrics = summarize(results, spec)
+    if accelerator.is_main_process:
+        if len(cfg.seeds) > 1:  # the best seed's model is the stage's model
+            top = max(results, key=lambda r: r["best"][spec.main_metric])
+            shutil.rmtree(out / "model", ignore_errors=True)
+            shutil.copytree(out / f"seed-{top['seed']}" / "model", out / "model")
+        atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / "history.json", {"config": to_dict(cfg), "seeds": results})
+        write_report(out / "report.md", cfg, spec, results, metrics)
+        write_curve(out / "learning_curve.png", results, cfg.task)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"finetune: best {shown} -> {out}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+if __name__ == "__main__":
+    from pipeline.cli import stage_main
+
+    sys.exit(stage_main("pipeline.finetune", prog="finetune"))

@@ -1,0 +1,103 @@
+"""Downstream tasks: how each file layout becomes (text, pair, label) rows.
+
+``nsmc``: TSV ``id<TAB>document<TAB>label`` with a header. ``klue-nli`` and ``klue-sts``:
+the KLUE JSON layout. ``generic``: TSV/CSV/JSONL with named columns, single sentences or
+pairs, labels as strings or numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    regression: bool
+    main_metric: str
+    label_names: list[str] | None  # fixed label set, or None to take it from the train file
+
+
+TASKS = {
+    "nsmc": TaskSpec("nsmc", False, "accuracy", ["0", "1"]),
+    "klue-nli": TaskSpec("klue-nli", False, "accuracy", ["entailment", "neutral", "contradiction"]),
+    "klue-sts": TaskSpec("klue-sts", True, "pearson", None),
+    "generic": TaskSpec("generic", False, "accuracy", None),
+}
+
+
+@dataclass
+class Rows:
+    text: list[str]
+    pair: list[str] | None
+    label: list  # raw labels: strings (classification) or floats (regression)
+    binary: list[int] | None = None  # KLUE-STS binary label
+
+
+def _need(path: Path, row: dict, key: str, where: str):
+    if key not in row:
+        raise PipelineError(f"{path}: {where} has no '{key}' field (it has {sorted(row)}); "
+                            f"is this the right file for the task?")
+    return row[key]
+
+
+def _read_table(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such file; check --train/--eval")
+    if path.stat().st_size == 0:
+        raise PipelineError(f"{path}: the file is empty; pass a file with a header and rows")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{path}: not valid UTF-8 ({err.reason}); convert it to UTF-8") from None
+    if path.suffix in (".jsonl", ".json"):
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        delim = "," if path.suffix == ".csv" else "\t"
+        rows = list(csv.DictReader(text.splitlines(), delimiter=delim, quoting=csv.QUOTE_NONE))
+    if not rows:
+        raise PipelineError(f"{path}: no rows; pass a file with data rows")
+    return rows
+
+
+def load_rows(task: str, path: str | Path, text_column: str = "text", pair_column: str = "",
+              label_column: str = "label") -> Rows:
+    """Read a task file into rows, with errors that name the file, the column and the fix."""
+    path = Path(path)
+    rows = _read_table(path)
+    if task == "nsmc":
+        text = [_need(path, r, "document", "the header") or "" for r in rows]
+        return Rows(text, None, [str(_need(path, r, "label", "the header")).strip() for r in rows])
+    if task == "klue-nli":
+        return Rows([_need(path, r, "premise", "a row") for r in rows], [_need(path, r, "hypothesis", "a row") for r in rows],
+                    [_need(path, r, "gold_label", "a row") for r in rows])
+    if task == "klue-sts":
+        labels = [_need(path, r, "labels", "a row") for r in rows]
+        return Rows([_need(path, r, "sentence1", "a row") for r in rows], [_need(path, r, "sentence2", "a row") for r in rows],
+                    [float(_need(path, lab, "label", "a row's labels")) for lab in labels],
+                    [int(lab.get("binary-label", lab["label"] >= 3.0)) for lab in labels])
+    text = [str(_need(path, r, text_column, "the header/rows (set --text-column)")) for r in rows]
+    pair = [str(_need(path, r, pair_column, "the header/rows (set --pair-column)")) for r in rows] if pair_column else None
+    return Rows(text, pair, [str(_need(path, r, label_column, "the header/rows (set --label-column)")).strip() for r in rows])
+
+
+def label_ids(spec: TaskSpec, train: Rows, eval_rows: Rows, eval_path) -> tuple[list[str] | None, list, list]:
+    """Map labels to ids; an eval label unseen in training is an error naming it."""
+    if spec.regression:
+        return None, train.label, eval_rows.label
+    names = spec.label_names or sorted(set(train.label), key=lambda s: (len(s), s))
+    index = {n: i for i, n in enumerate(names)}
+    for rows, where in ((train, "--train"), (eval_rows, eval_path)):
+        bad = next((lab for lab in rows.label if lab not in index), None)
+        if bad is not None:
+            raise PipelineError(f"{where}: unknown label {bad!r} for task {spec.name} (labels: {', '.join(names)}); "
+                                f"fix the file or pick the right --task")
+    return names, [index[lab] for lab in train.label], [index[lab] for lab in eval_rows.label]
