@@ -72,8 +72,26 @@ def parse_stage_args(module, argv: Sequence[str], prog: str):
     return load_config(module.Config, config_path, values)
 
 
+def quiet_libraries() -> None:
+    """Keep the libraries' expected chatter (head-mismatch load reports, per-file progress
+    bars, DeepSpeed's accelerator probe) out of the stage output; real warnings still show."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    if not os.environ.get("DS_ACCELERATOR"):
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def stage_main(module_name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point shared by the console script and ``python -m pipeline.<stage>``."""
+    quiet_libraries()
     module = importlib.import_module(module_name)
     argv = sys.argv[1:] if argv is None else argv
     prog = prog or f"python -m {module_name}"

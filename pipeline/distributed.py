@@ -36,11 +36,19 @@ def make_accelerator(precision: str, accumulation: int, timeout_minutes: int = 3
             import deepspeed.ops
 
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or using_deepspeed()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not using_deepspeed() and not torch.cuda.is_available():
+        # Without it a --multi_gpu launch on CPU starts unsynchronized processes (type NO).
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    launched = world > 1 or using_deepspeed()
     handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(minutes=timeout_minutes))] if launched else []
-    return Accelerator(mixed_precision=None if precision == "no" else precision,
-                       gradient_accumulation_steps=accumulation, kwargs_handlers=handlers,
-                       step_scheduler_with_optimizer=False)
+    accelerator = Accelerator(mixed_precision=None if precision == "no" else precision,
+                              gradient_accumulation_steps=accumulation, kwargs_handlers=handlers,
+                              step_scheduler_with_optimizer=False)
+    if world > 1 and accelerator.distributed_type == DistributedType.NO:
+        raise PipelineError(f"launched {world} processes but Accelerate set up no distributed training, so the ranks "
+                            f"would train unsynchronized; use an accelerate_configs/ file or --multi_gpu/--use_deepspeed")
+    return accelerator
 
 
 def fill_deepspeed_auto(accelerator: Accelerator, micro_batch: int, accumulation: int,
