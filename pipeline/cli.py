@@ -37,7 +37,7 @@ def _parser(prog: str, module) -> argparse.ArgumentParser:
     positional = getattr(module, "POSITIONAL", None)
     for dotted, (tp, f) in leaf_fields(module.Config).items():
         if dotted == positional:
-            p.add_argument(dotted, nargs="*", metavar=dotted.upper(), help=f.metadata.get("help", ""))
+            p.add_argument(dotted, nargs="*", metavar=dotted.upper(), help=f.metadata.get("help", "").replace("%", "%%"))
             continue
         flags = by_field.get(dotted, []) + [f"--{dotted}"]
         if f"--{dotted.replace('_', '-')}" not in flags:
@@ -48,7 +48,7 @@ def _parser(prog: str, module) -> argparse.ArgumentParser:
             help_text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
         if default is not None and not isinstance(default, type(f.default_factory)):
             help_text += f" [default: {default}]"
-        kwargs = dict(dest=dotted, default=argparse.SUPPRESS, help=help_text)
+        kwargs = dict(dest=dotted, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         p.add_argument(*dict.fromkeys(flags), **kwargs)

@@ -44,11 +44,13 @@ def scrub(text: str, counts: Counter) -> str:
     """Replace e-mails, RRNs, card, phone and account numbers with placeholders."""
     if "@" in text:
         text, n = _EMAIL.subn(PLACEHOLDERS["email"], text)
-        counts["email"] += n
+        if n:
+            counts["email"] += n
     if not any(c.isdigit() for c in text):
         return text
     text, n = _RRN.subn(PLACEHOLDERS["rrn"], text)
-    counts["rrn"] += n
+    if n:
+        counts["rrn"] += n
 
     def card(m: re.Match) -> str:
         if len(re.sub(r"\D", "", m.group())) >= 13 and (_luhn_ok(m.group()) or not m.group().isdigit()):

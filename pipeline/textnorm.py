@@ -22,8 +22,12 @@ def normalize(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
-def _ends_sentence(text: str, punct_start: int, punct: str) -> bool:
-    if punct_start == 0:
+# A quotative particle right after a closing quote continues the sentence: "좋다." 라고 말했다.
+_QUOTATIVE = ("라고", "라는", "라며", "하고", "하며", "이라", "고 ", "며 ")
+
+
+def _ends_sentence(text: str, punct_start: int, punct: str, next_start: int) -> bool:
+    if punct_start == 0 or text.startswith(_QUOTATIVE, next_start):
         return False
     if "?" in punct or "!" in punct or "。" in punct:
         return True
@@ -37,7 +41,7 @@ def split_sentences(paragraph: str) -> list[str]:
     """Split a paragraph of Korean prose into sentences."""
     out, start = [], 0
     for m in _BOUNDARY.finditer(paragraph):
-        if _ends_sentence(paragraph, m.start(1), m.group(1)):
+        if _ends_sentence(paragraph, m.start(1), m.group(1), m.end()):
             sentence = paragraph[start:m.end(2)].strip()
             if sentence:
                 out.append(sentence)

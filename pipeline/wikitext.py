@@ -33,7 +33,7 @@ _DROP_TAG_BLOCK = re.compile(
     r"<(%s)\b[^>]*?(?<!/)>.*?(?:</\1\s*>|\Z)|<(%s)\b[^>]*/>" % ("|".join(sorted(DROP_TAGS)), "|".join(sorted(DROP_TAGS))),
     re.S | re.I)
 _BRACES = re.compile(r"\{\{|\}\}|^[ \t]*\{\||^[ \t]*\|\}", re.M)
-_MAGIC = re.compile(r"__[A-Z]+__")
+_MAGIC = re.compile(r"__[^\W_]+__")  # __NOTOC__, __목차숨김__
 _HTML_TAG = re.compile(r"</?[a-zA-Z][^<>]*?/?>")
 _URL = re.compile(r"(?:https?|ftp)://\S+")
 _SPACE = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")

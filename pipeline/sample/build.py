@@ -72,13 +72,25 @@ def pages() -> list[str]:
     return out
 
 
-def write_multistream(path: Path, pages_per_stream: int = 5) -> None:
-    items = pages()
-    streams = [bz2.compress(HEADER.encode())]
-    for i in range(0, len(items), pages_per_stream):
-        streams.append(bz2.compress("".join(items[i:i + pages_per_stream]).encode()))
-    streams.append(bz2.compress(b"</mediawiki>\n"))
-    path.write_bytes(b"".join(streams))
+def write_dump(path: Path, page_xmls: list[str], layout: str = "multistream", pages_per_stream: int = 5) -> None:
+    """A MediaWiki export of ``page_xmls`` as plain XML, one bz2 stream, multistream bz2 or gzip."""
+    body = HEADER + "".join(page_xmls) + "</mediawiki>\n"
+    if layout == "xml":
+        path.write_text(body, encoding="utf-8")
+    elif layout == "bz2":
+        path.write_bytes(bz2.compress(body.encode()))
+    elif layout == "gzip":
+        import gzip
+
+        path.write_bytes(gzip.compress(body.encode(), mtime=0))
+    elif layout == "multistream":
+        streams = [bz2.compress(HEADER.encode())]
+        for i in range(0, len(page_xmls), pages_per_stream):
+            streams.append(bz2.compress("".join(page_xmls[i:i + pages_per_stream]).encode()))
+        streams.append(bz2.compress(b"</mediawiki>\n"))
+        path.write_bytes(b"".join(streams))
+    else:
+        raise ValueError(layout)
 
 
 def write_reviews(path: Path, openers, seed: int) -> None:
@@ -89,7 +101,7 @@ def write_reviews(path: Path, openers, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    write_multistream(DUMP)
+    write_dump(DUMP, pages())
     write_reviews(REVIEWS_TRAIN, OPENERS_TRAIN, 1)
     write_reviews(REVIEWS_EVAL, OPENERS_EVAL, 2)
     print(f"wrote {DUMP}, {REVIEWS_TRAIN}, {REVIEWS_EVAL}")
