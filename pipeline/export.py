@@ -58,7 +58,8 @@ def save_hf(state: dict[str, torch.Tensor], config, tokenizer, out: Path, model_
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model = model_cls(config)
+    with torch.random.fork_rng(devices=[]):  # building it must not move the training RNG
+        model = model_cls(config)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not k.endswith(("position_ids", "token_type_ids", "decoder.weight", "decoder.bias"))]

@@ -329,7 +329,8 @@ def run(cfg: Config) -> int | dict:
     if main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=state["step"] or None)
+        # Scalars after the checkpoint came from a run that died: TensorBoard drops them.
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=state["step"] + 1 if state["step"] else None)
     peak = device_peak_flops(accelerator.device)
     stop = StopFlag()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -395,10 +396,14 @@ def run(cfg: Config) -> int | dict:
                 for k, v in ev.items():
                     writer.add_scalar(f"eval/{k}", v, state["step"])
         if cfg.checkpoint.save_every and state["step"] % cfg.checkpoint.save_every == 0:
+            if writer:
+                writer.flush()  # what the checkpoint covers is on disk before it exists
             save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
             last_saved = state["step"]
     bar.close()
     if last_saved != state["step"] and state["step"] > 0:
+        if writer:
+            writer.flush()
         save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
     if preempted:
         if main:
