@@ -12,13 +12,16 @@ args=(--num_machines "$SLURM_NNODES" --num_processes "$procs" --machine_rank "$S
 if [ "$SLURM_NNODES" -gt 1 ] || [ "$GPUS_PER_NODE" -gt 1 ]; then args+=(--multi_gpu); fi
 # shellcheck disable=SC2206
 extra=(${LAUNCH_ARGS:-})
+# SLURM may signal every process of the step: the launcher must survive USR1, so it starts
+# with USR1 ignored (inherited); the ranks install their own handler.
+trap '' USR1
 accelerate launch "${args[@]}" "${extra[@]}" -m pipeline.pretrain "$@" &
 launcher=$!
 forward() { pkill "-$1" -P "$launcher" 2>/dev/null || true; }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
-status=0
-while kill -0 "$launcher" 2>/dev/null; do
-    wait "$launcher"; status=$?
+while :; do
+    wait "$launcher" && status=0 || status=$?
+    kill -0 "$launcher" 2>/dev/null || break
 done
 exit "$status"
