@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Submit the whole pipeline as dependent SLURM jobs: extract -> tokenizer -> shard -> pretrain -> finetune.
 #   slurm/submit.sh DUMP WORK_DIR [--nodes N] [--gpus-per-node G] [--array N] [--nsmc-dir DIR]
-#                   [--cpu] [--time HH:MM:SS] [-- pretrain options]
+#                   [--cpu] [--time HH:MM:SS] [--sbatch "OPTIONS"] [-- pretrain options]
 # --cpu submits CPU-only jobs (no --gpus), e.g. to try the chain on a CPU partition.
+# --sbatch adds options to every sbatch call (partition, account, smaller --cpus-per-task/--mem).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 dump=$1 work=$2
 shift 2
-nodes=1 gpus=8 array=8 nsmc="" cpu=0 time=24:00:00 extra=()
+nodes=1 gpus=8 array=8 nsmc="" cpu=0 time=24:00:00 extra=() sbatch_opts=""
 while [ $# -gt 0 ]; do
     case $1 in
         --nodes) nodes=$2; shift 2 ;;
@@ -16,12 +17,14 @@ while [ $# -gt 0 ]; do
         --nsmc-dir) nsmc=$2; shift 2 ;;
         --cpu) cpu=1; shift ;;
         --time) time=$2; shift 2 ;;
+        --sbatch) sbatch_opts=$2; shift 2 ;;
         --) shift; extra=("$@"); break ;;
         *) echo "submit.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$work/logs"
-sb() { sbatch --parsable --chdir "$REPO" --output "$work/logs/%x-%j.out" "$@"; }
+# shellcheck disable=SC2086
+sb() { sbatch --parsable --chdir "$REPO" --output "$work/logs/%x-%j.out" $sbatch_opts "$@"; }
 gpu_opts=(--gpus-per-node="$gpus"); [ "$cpu" = 1 ] && gpu_opts=()
 ex=$(sb --array=0-$((array - 1)) --output "$work/logs/%x-%A_%a.out" slurm/extract.sbatch "$dump" "$work/corpus")
 tk=$(sb --dependency=afterok:$ex slurm/tokenizer.sbatch "$work/corpus" "$work/tokenizer")

@@ -47,21 +47,21 @@ def test_pretrain_usr1_checkpoint_requeue_resume(cluster, sample_data, tmp_path)
     log = tmp_path / "pretrain.out"
     # 1-minute limit, USR1 45 s before it: the first run is signalled long before it can finish.
     job = cluster.sbatch("--time=1", "--signal=B:USR1@45", "--nodes=1", "--output", log,
-                         ROOT / "slurm" / "pretrain.sbatch", sample_data["shards"], out, "--max-steps", "3000",
+                         ROOT / "slurm" / "pretrain.sbatch", sample_data["shards"], out, "--max-steps", "600",
                          "--save-every", "1000", *TINY, env=dict(JOB_ENV, GPUS_PER_NODE="1"))
     t0 = time.time()
     while int(cluster.job(job).get("Restarts", 0)) < 1:
         assert time.time() - t0 < 300, f"never requeued: {cluster.job(job)}\n{log.read_text() if log.exists() else ''}"
         time.sleep(1)
     preempted = json.loads((out / "status.json").read_text())
-    assert preempted["state"] == "preempted" and 0 < preempted["step"] < 3000
+    assert preempted["state"] == "preempted" and 0 < preempted["step"] < 600
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], env=cluster.env, check=True)
     info = cluster.wait(job, timeout=900)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED", text[-3000:]
     assert "USR1: asking the ranks to checkpoint" in text and "requeueing" in text and "restart 1" in text
     assert f"resumed from {out}/checkpoints/step-{preempted['step']:08d}" in text
-    assert json.loads((out / "status.json").read_text()) == {"state": "finished", "step": 3000}
+    assert json.loads((out / "status.json").read_text()) == {"state": "finished", "step": 600}
 
 
 def test_two_node_job_trains_two_ranks_together(cluster, sample_data, tmp_path):
@@ -84,7 +84,7 @@ def test_submit_chains_every_stage(cluster, tmp_path):
     shutil.copy(REVIEWS_EVAL, nsmc / "ratings_test.tsv")
     work = tmp_path / "work"
     proc = subprocess.run([ROOT / "slurm" / "submit.sh", DUMP, work, "--cpu", "--array", "2", "--nsmc-dir", nsmc,
-                           "--time", "00:20:00", "--", "--max-steps", "4", *TINY, "--global-batch-size", "8"],
+                           "--time", "00:20:00", "--sbatch", "--cpus-per-task=1 --mem=1", "--", "--max-steps", "4", *TINY, "--global-batch-size", "8"],
                           env=dict(cluster.env, **JOB_ENV), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     ids = dict(zip(proc.stdout.split()[::2], (i.rstrip(",") for i in proc.stdout.split()[1::2])))
