@@ -8,6 +8,7 @@ work is split over processes (``num_proc``) or SLURM array tasks (``task_index``
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from pipeline import corpus, shards
 from pipeline.config import fail, option, to_dict
 from pipeline.parallel import ordered_map
 from pipeline.pii import scrub
-from pipeline.readers import RawPage, detect_format, read_pages
+from pipeline.readers import InputError, RawPage, detect_format, read_pages
 from pipeline.textnorm import normalize, split_sentences
 from pipeline.wikitext import clean_wikitext, is_redirect_text
 
@@ -138,7 +139,6 @@ def plan(pages, cfg: Config, config_hash: str, out: Path, stats: dict):
     if chunk:
         yield "task", (chunk, cfg)
     if stats[0]["pages_seen"] == 0:
-        from pipeline.readers import InputError
         raise InputError(f"{cfg.input}: no pages or documents found; pass a non-empty dump or corpus")
     yield "close", (shard, todo)
 
@@ -213,8 +213,6 @@ def _fmt(counts: dict, keys) -> str:
 
 def _complete_manifest(out: Path, src: Path) -> dict:
     """Add the totals and the source checksum once all shards are in."""
-    import json
-
     manifest = json.loads((out / shards.MANIFEST).read_text())
     counts, pii = Counter(), Counter()
     for rec in manifest["shards"]:
