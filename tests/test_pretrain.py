@@ -90,3 +90,20 @@ def test_too_little_data_is_a_clear_error(sample_data, tmp_path):
     assert proc.returncode == 2 and "fewer than one global batch" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("pretrain", "--data", tmp_path / "nothing", "--output", tmp_path, check=False)
     assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+def test_non_finite_steps_are_skipped_then_stop_with_a_message(sample_data, tmp_path):
+    # Adam with eps=0 divides 0 by 0 for unused embedding rows: the weights turn NaN.
+    proc = cli("pretrain", "--data", sample_data["shards"], "--output", tmp_path, "--max-steps", 30,
+               "--optim.eps", 0, "--train.max_bad_steps", 3, *PRETRAIN_FAST, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "training diverged: 4 non-finite steps in a row" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bf16_mixed_precision_on_cpu(sample_data, tmp_path):
+    cli("pretrain", "--data", sample_data["shards"], "--output", tmp_path, "--max-steps", 4, "--precision", "bf16",
+        "--checkpoint.export_hf", "false", *PRETRAIN_FAST)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["mixed_precision"] == "bf16"
+    assert all(math.isfinite(v) for _, v in scalars(tmp_path / "tensorboard")["loss/total"])
+    BertForMaskedLM.from_pretrained(str(tmp_path / "model"))
