@@ -2,6 +2,10 @@
 
 No lowercasing and no accent stripping: BERT's accent stripping runs NFD, which splits every
 Hangul syllable into conjoining jamo. The normalizer is NFC plus BERT's cleanup.
+
+Training is not bit-reproducible: ``tokenizers``' trainer numbers the ``##`` pieces in hash-map
+order, which changes merge tie-breaks between runs (huggingface/tokenizers#1794). Train once;
+the shard manifest records the tokenizer's hash, and every later stage is exact given it.
 """
 
 from __future__ import annotations
