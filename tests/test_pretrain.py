@@ -107,3 +107,39 @@ def test_bf16_mixed_precision_on_cpu(sample_data, tmp_path):
     assert info["mixed_precision"] == "bf16"
     assert all(math.isfinite(v) for _, v in scalars(tmp_path / "tensorboard")["loss/total"])
     BertForMaskedLM.from_pretrained(str(tmp_path / "model"))
+
+
+def test_lamb_and_fused_adamw_reduce_a_loss():
+    from pipeline.optim import build_optimizer
+
+    for name in ("lamb", "adamw"):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1))
+        opt = build_optimizer(model, name, 1e-2, 0.01, (0.9, 0.999), 1e-6)
+        x, y = torch.randn(64, 8), torch.randn(64, 1)
+        first = None
+        for _ in range(50):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            first = first if first is not None else loss.item()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert loss.item() < 0.7 * first, name
+        assert opt.param_groups[1]["weight_decay"] == 0.0  # biases and norms
+
+
+def test_checkpoint_retention_keeps_last_k_and_milestones(tmp_path):
+    from pipeline import checkpoint as ckpt
+
+    for step in range(100, 1100, 100):
+        tmp = tmp_path / f".tmp-step-{step:08d}"
+        tmp.mkdir()
+        (tmp / "state.json").write_text("{}")
+        ckpt.seal(tmp, ckpt.step_dir(tmp_path, step))
+    (tmp_path / ".tmp-step-00001100").mkdir()  # a save that was killed
+    ckpt.prune(tmp_path, keep_last=2, keep_every=500)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000500", "step-00000900", "step-00001000"]
+    (tmp_path / "step-00001000" / "state.json").write_text("changed")
+    messages = []
+    assert ckpt.latest_valid(tmp_path, log=messages.append).name == "step-00000900"
+    assert "does not match its checksum" in messages[0]
