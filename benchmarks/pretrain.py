@@ -55,7 +55,7 @@ def batches(data: Path, variant: str, batch: int, steps: int, seq_len: int):
         if variant == "ours":
             out.append(ours(exs))
             continue
-        padded = tok.pad([{k: list(e[k]) for k in ("input_ids", "token_type_ids", "attention_mask")} for e in exs],
+        padded = tok.pad([{k: e[k].tolist() for k in ("input_ids", "token_type_ids", "attention_mask")} for e in exs],
                          padding="max_length", max_length=seq_len, return_tensors="pt")
         b = stock([{k: padded[k][i] for k in padded} for i in range(batch)])
         b["token_type_ids"] = padded["token_type_ids"]
