@@ -26,7 +26,7 @@ def build(tokenizer, path, block_size, short_seq_prob=0.1, nsp_prob=0.5):
             if tokens:
                 documents[-1].append(tokens)
     examples = []
-    max_tokens = block_size - tokenizer.num_special_tokens_to_add(pair=True)
+    max_tokens = block_size - 3  # [CLS] A [SEP] B [SEP]
     for doc_index, document in enumerate(documents):
         target = max_tokens if random.random() >= short_seq_prob else random.randint(2, max_tokens)
         chunk, length, i = [], 0, 0
@@ -60,9 +60,10 @@ def build(tokenizer, path, block_size, short_seq_prob=0.1, nsp_prob=0.5):
                         else:
                             longer.pop()
                     if a and b:
+                        cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
                         examples.append({
-                            "input_ids": torch.tensor(tokenizer.build_inputs_with_special_tokens(a, b), dtype=torch.long),
-                            "token_type_ids": torch.tensor(tokenizer.create_token_type_ids_from_sequences(a, b), dtype=torch.long),
+                            "input_ids": torch.tensor([cls] + a + [sep] + b + [sep], dtype=torch.long),
+                            "token_type_ids": torch.tensor([0] * (len(a) + 2) + [1] * (len(b) + 1), dtype=torch.long),
                             "next_sentence_label": torch.tensor(1 if is_random else 0, dtype=torch.long)})
                 chunk, length = [], 0
             i += 1
