@@ -273,6 +273,7 @@ def evaluate(accelerator, model, valid, collator: MLMNSPCollator, cfg: Config) -
 def run(cfg: Config) -> int | dict:
     # --- setup
     accelerator, accum, stage = setup(cfg)
+    stop = StopFlag()  # from here on a preemption signal is a request, never a crash
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output)
     if main:
@@ -332,7 +333,6 @@ def run(cfg: Config) -> int | dict:
         # Scalars after the checkpoint came from a run that died: TensorBoard drops them.
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=state["step"] + 1 if state["step"] else None)
     peak = device_peak_flops(accelerator.device)
-    stop = StopFlag()
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="pretrain", disable=not main or None,
                file=sys.stderr, dynamic_ncols=True)

@@ -70,16 +70,15 @@ def test_kill_9_at_several_points_resumes_bit_identically(sample_data, reference
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
 def test_signal_checkpoints_exits_and_resumes_exactly(sample_data, reference, tmp_path, sig):
     out = tmp_path / "signalled"
-    proc = start(args(sample_data["shards"], out, "--save-every", 1000))
-    wait_for(out / "tensorboard")
-    time.sleep(1.5)
+    proc = start(args(sample_data["shards"], out))
+    wait_for(out / "checkpoints" / "step-00000003" / "COMPLETE")  # training is under way
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "preempted" and 0 < status["step"] < STEPS
     assert (out / "checkpoints" / f"step-{status['step']:08d}" / "COMPLETE").exists()
-    cli(*args(sample_data["shards"], out, "--save-every", 1000))
+    cli(*args(sample_data["shards"], out))
     assert weights(out) == weights(reference)
 
 
