@@ -184,12 +184,12 @@ def run(cfg: Config) -> dict:
         docs, dropped, pii, kept_hashes = [], Counter(), Counter(), set()
     bar.close()
     num_shards = len(stats)
-    manifest = {"kind": "corpus", "source": {"path": str(src.resolve()), "format": fmt,
-                                             "bytes": _size(src), "sha256": None},
-                "config": to_dict(cfg)}
-    done = shards.finalize(out, num_shards, config_hash, manifest)
-    if done:
-        manifest = _complete_manifest(out, src)
+    done = all(shards.read_record(out, k, config_hash) for k in range(num_shards))
+    if done:  # the source checksum is a full read of the input: only once, by the finishing task
+        manifest = {"kind": "corpus", "source": {"path": str(src.resolve()), "format": fmt, "bytes": _size(src),
+                                                 "sha256": shards.tree_sha256(src)}, "config": to_dict(cfg)}
+        done = shards.finalize(out, num_shards, config_hash, manifest)
+        manifest = json.loads((out / shards.MANIFEST).read_text())
     seconds = time.time() - t0
     print(f"extract: {written} shard(s) written, {skipped} skipped (done or other tasks'), "
           f"{num_shards} in all, {seconds:.1f}s" + ("" if done else "; waiting for other tasks' shards"),
@@ -209,19 +209,6 @@ def _size(path: Path) -> int:
 
 def _fmt(counts: dict, keys) -> str:
     return ", ".join(f"{k} {counts.get(k, 0)}" for k in keys)
-
-
-def _complete_manifest(out: Path, src: Path) -> dict:
-    """Add the totals and the source checksum once all shards are in."""
-    manifest = json.loads((out / shards.MANIFEST).read_text())
-    counts, pii = Counter(), Counter()
-    for rec in manifest["shards"]:
-        counts.update(rec["counts"])
-        pii.update(rec["pii"])
-    manifest["counts"], manifest["pii"] = dict(counts), dict(pii)
-    manifest["source"]["sha256"] = shards.tree_sha256(src)
-    shards.atomic_write_json(out / shards.MANIFEST, manifest)
-    return manifest
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import random
 import shutil
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,23 +205,13 @@ def run(cfg: Config) -> dict:
     done = shards.finalize(out, num_shards, config_hash, manifest)
     if done:
         shutil.copytree(tok_dir, out / "tokenizer", dirs_exist_ok=True)
-        totals = _totals(out)
+        totals = shards.read_manifest(out, "pretraining data", "run 'kowiki-bert shard' again")["counts"]
         print(f"shard: {totals['train_examples']} train / {totals['valid_examples']} valid examples, "
               f"{totals['train_tokens'] + totals['valid_tokens']} tokens, "
               f"NotNext {totals['not_next'] / max(totals['train_examples'], 1):.1%} -> {out}", file=sys.stderr)
     print(f"shard: {written} shard(s) written, {skipped} skipped, {num_shards} in all, {time.time() - t0:.1f}s"
           + ("" if done else "; waiting for other tasks' shards"), file=sys.stderr)
     return {"done": done, "shards": num_shards, "seconds": time.time() - t0}
-
-
-def _totals(out: Path) -> dict:
-    manifest = shards.read_manifest(out, "pretraining data", "run 'kowiki-bert shard' again")
-    totals = Counter()
-    for rec in manifest["shards"]:
-        totals.update(rec["counts"])
-    manifest["counts"] = dict(totals)
-    shards.atomic_write_json(out / shards.MANIFEST, manifest)
-    return totals
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,11 @@ def finalize(out: Path, num_shards: int, config_hash: str, manifest: dict) -> bo
     records = [read_record(out, i, config_hash) for i in range(num_shards)]
     if any(r is None for r in records):
         return False
-    atomic_write_json(out / MANIFEST, dict(manifest, config_hash=config_hash, num_shards=num_shards,
+    totals = {}
+    for key in ("counts", "pii"):  # per-shard tallies, summed once here for every stage
+        if any(key in r for r in records):
+            totals[key] = dict(sum((Counter(r.get(key, {})) for r in records), Counter()))
+    atomic_write_json(out / MANIFEST, dict(manifest, **totals, config_hash=config_hash, num_shards=num_shards,
                                            shards=records))
     return True
 
