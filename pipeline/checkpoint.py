@@ -3,22 +3,25 @@
 A checkpoint is written to ``.tmp-step-XXXXXXXX``, gets ``checksums.json`` and then the
 ``COMPLETE`` marker, and only then is renamed into place. "Latest" is the highest step with a
 marker whose checksums verify; a damaged one is reported and the previous one used. Loads use
-safetensors or ``torch.load(weights_only=True)``; DeepSpeed's own engine files are read by
-DeepSpeed after their checksums have been verified.
+safetensors or ``torch.load(weights_only=True)``, DeepSpeed's engine files included: its own
+loader unpickles anything, so ours replaces it while a checkpoint is loaded.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from pipeline.errors import PipelineError
 from pipeline.shards import atomic_write_json, file_sha256
 
 COMPLETE = "COMPLETE"
@@ -116,3 +119,38 @@ def save_torch(obj, path: Path) -> None:
 
 def load_torch(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _deepspeed_safe_globals() -> list:
+    """The plain-data classes DeepSpeed pickles into its ZeRO 1-3 model and optimizer states."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextmanager
+def weights_only_deepspeed_loads(engine):
+    """While active, ``engine.load_checkpoint`` reads its files with ``weights_only=True``.
+
+    DeepSpeed's TorchCheckpointEngine calls ``torch.load(weights_only=False)``, which runs any
+    code a tampered checkpoint carries; every file it loads goes through its ``load``.
+    """
+    checkpoint_engine = engine.checkpoint_engine
+    allowed = _deepspeed_safe_globals()
+
+    def load(path, map_location=None):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise PipelineError(f"{path} holds objects that are not plain tensors and data, so it was not "
+                                f"loaded (weights_only=True): {str(e).splitlines()[0]}; resume from a "
+                                "checkpoint this pipeline wrote") from None
+
+    checkpoint_engine.load = load
+    try:
+        yield
+    finally:
+        del checkpoint_engine.load

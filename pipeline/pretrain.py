@@ -230,7 +230,8 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, path: Path, cfg: C
         raise PipelineError(f"{path} was trained with train.global_batch_size={state['global_batch_size']}; "
                             f"resume with the same value or start a new --output")
     if is_deepspeed(accelerator):
-        model.load_checkpoint(str(path / "deepspeed"), tag="state", load_lr_scheduler_states=False)
+        with ckpt.weights_only_deepspeed_loads(model):
+            model.load_checkpoint(str(path / "deepspeed"), tag="state", load_lr_scheduler_states=False)
     else:
         ckpt.load_module(accelerator.unwrap_model(model).bert, path / "model.safetensors")
         optimizer.optimizer.load_state_dict(ckpt.load_torch(path / "optimizer.pt"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -132,10 +131,13 @@ def finalize(out: Path, num_shards: int, config_hash: str, manifest: dict) -> bo
     records = [read_record(out, i, config_hash) for i in range(num_shards)]
     if any(r is None for r in records):
         return False
-    totals = {}
+    totals: dict[str, dict] = {}
     for key in ("counts", "pii"):  # per-shard tallies, summed once here for every stage
-        if any(key in r for r in records):
-            totals[key] = dict(sum((Counter(r.get(key, {})) for r in records), Counter()))
+        for r in records:
+            if key in r:
+                tally = totals.setdefault(key, {})
+                for name, n in r[key].items():  # not Counter's +, which drops zero tallies
+                    tally[name] = tally.get(name, 0) + n
     atomic_write_json(out / MANIFEST, dict(manifest, **totals, config_hash=config_hash, num_shards=num_shards,
                                            shards=records))
     return True

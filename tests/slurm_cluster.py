@@ -114,8 +114,8 @@ class LocalCluster:
         t0 = time.time()
         while time.time() - t0 < timeout:
             info = self.job(job_id)
-            if info.get("JobState") in until:
-                return info
+            if info.get("JobState") in until or info.get("Reason") == "DependencyNeverSatisfied":
+                return info  # a failed upstream job: the caller shows the logs
             time.sleep(1)
         raise TimeoutError(f"job {job_id} still {self.job(job_id).get('JobState')} after {timeout}s")
 

@@ -2,10 +2,13 @@
 misbehave do so silently, so every test asserts the world size and type it really got."""
 
 import json
+import os
 
 import pytest
+import torch
 from transformers import AutoModelForSequenceClassification, BertForMaskedLM, BertForPreTraining
 
+from pipeline.shards import file_sha256
 from tests.conftest import ROOT, child_env, cli, launch
 from tests.tb import scalars
 
@@ -50,7 +53,7 @@ def test_shipped_cpu_config_gives_two_ranks(sample_data, tmp_path):
     assert (info["world_size"], info["distributed_type"]) == (2, "MULTI_CPU")
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_deepspeed_zero_two_ranks_train_and_resume(sample_data, tmp_path, stage):
     out = tmp_path / f"zero{stage}"
     ds = ["--use_deepspeed", "--deepspeed_config_file", ROOT / "ds_configs" / f"zero{stage}.json", "--num_processes", 2]
@@ -66,6 +69,35 @@ def test_deepspeed_zero_two_ranks_train_and_resume(sample_data, tmp_path, stage)
     assert model.bert.embeddings.word_embeddings.weight.abs().sum() > 0
     # gathered fp32 weights, not ZeRO-3's empty partitions
     assert model.bert.embeddings.word_embeddings.weight.shape[1] == 128
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_deepspeed_checkpoint_files_load_weights_only(sample_data, tmp_path):
+    """DeepSpeed's own loader unpickles anything; a tampered engine file must be refused, not run."""
+    out = tmp_path / "zero2"
+    ds = ["--use_deepspeed", "--deepspeed_config_file", ROOT / "ds_configs" / "zero2.json", "--num_processes", 2]
+    launch(ds, stage_args(sample_data["shards"], out, 10, "--checkpoint.export_hf", "false"))
+    ckpt = out / "checkpoints" / "step-00000010"
+    marker = tmp_path / "code-ran"
+    states = ckpt / "deepspeed" / "state" / "mp_rank_00_model_states.pt"
+    state = torch.load(states, weights_only=False)
+    state["ds_version"] = _RunsCode(marker)
+    torch.save(state, states)
+    # the attacker also rewrote the checksums: only weights_only stands in the way
+    sums = {str(p.relative_to(ckpt)): file_sha256(p) for p in sorted(ckpt.rglob("*"))
+            if p.is_file() and p.name not in ("checksums.json", "COMPLETE")}
+    (ckpt / "checksums.json").write_text(json.dumps(sums))
+    with pytest.raises(AssertionError) as failed:
+        launch(ds, stage_args(sample_data["shards"], out, 12, "--checkpoint.export_hf", "false"))
+    assert "mp_rank_00_model_states.pt holds objects that are not plain tensors" in str(failed.value)
+    assert not marker.exists()
 
 
 def test_deepspeed_with_accelerate_use_cpu_is_refused(sample_data, tmp_path):

@@ -76,6 +76,17 @@ def test_deterministic_across_processes_and_tasks_and_resumable(sample_data, tmp
     assert arrow_hashes(out) == ref
 
 
+def test_zero_tallies_survive_in_the_manifest(sample_data, tmp_path):
+    # Every shard has 0 valid examples; the task that finishes the set still reports them.
+    args = ["--corpus", sample_data["corpus"], "--tokenizer", sample_data["tokenizer"], "--max-seq-len", "64",
+            "--docs-per-shard", "10", "--chunk-docs", "5", "--valid-fraction", "0", "--output", tmp_path, "--num-tasks", "2"]
+    cli("shard", *args, "--task-index", "0")
+    proc = cli("shard", *args, "--task-index", "1")
+    assert " / 0 valid examples" in proc.stderr
+    counts = json.loads((tmp_path / "manifest.json").read_text())["counts"]
+    assert counts["valid_examples"] == counts["valid_tokens"] == 0 and counts["train_examples"] > 0
+
+
 def batch(collator, ds, n=64, start=0):
     return collator([ds[i] for i in range(start, start + n)])
 
