@@ -100,5 +100,12 @@ class StopFlag:
     def _handle(self, signum, frame):
         self.raised = signum
 
+    @staticmethod
+    def ignore_in_worker(_worker_id: int = 0) -> None:
+        """DataLoader ``worker_init_fn``: SLURM and ``kill -- -PGID`` signal the whole process
+        group; a worker dying of SIGTERM would crash the rank before it can checkpoint."""
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
     def agreed(self, accelerator: Accelerator) -> bool:
         return all_reduce_sum(accelerator, [float(self.raised != 0)])[0] > 0

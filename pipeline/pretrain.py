@@ -326,7 +326,7 @@ def run(cfg: Config) -> int | dict:
         StepBatches(train_ds, collator, cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, accum, rank, world),
         batch_size=None, sampler=range(state["step"] * accum, cfg.train.max_steps * accum),
         num_workers=cfg.train.num_workers, prefetch_factor=4 if cfg.train.num_workers else None,
-        generator=torch.Generator().manual_seed(cfg.seed)))  # leaves the global (dropout) RNG untouched
+        worker_init_fn=StopFlag.ignore_in_worker, generator=torch.Generator().manual_seed(cfg.seed)))  # leaves the global (dropout) RNG untouched
     writer = None
     if main:
         from torch.utils.tensorboard import SummaryWriter

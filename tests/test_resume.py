@@ -25,9 +25,9 @@ def args(data, out, *extra):
             "--checkpoint.keep_last", 2, *extra]
 
 
-def start(argv) -> subprocess.Popen:
+def start(argv, new_session: bool = False) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, argv)], cwd=ROOT, env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=new_session)
 
 
 def wait_for(path: Path, timeout=300):
@@ -67,12 +67,15 @@ def test_kill_9_at_several_points_resumes_bit_identically(sample_data, reference
     assert got["loss/total"] == ref["loss/total"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
-def test_signal_checkpoints_exits_and_resumes_exactly(sample_data, reference, tmp_path, sig):
+@pytest.mark.parametrize("sig,group", [(signal.SIGUSR1, False), (signal.SIGTERM, False), (signal.SIGTERM, True)])
+def test_signal_checkpoints_exits_and_resumes_exactly(sample_data, reference, tmp_path, sig, group):
     out = tmp_path / "signalled"
-    proc = start(args(sample_data["shards"], out))
+    proc = start(args(sample_data["shards"], out, "--train.num_workers", 1), new_session=group)
     wait_for(out / "checkpoints" / "step-00000003" / "COMPLETE")  # training is under way
-    proc.send_signal(sig)
+    if group:  # as SLURM and `kill -- -PGID` do: the data-loading worker gets it too
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     status = json.loads((out / "status.json").read_text())
