@@ -229,7 +229,8 @@ def run(cfg: Config) -> dict:
         write_report(out / "report.md", cfg, spec, results, metrics)
         write_curve(out / "learning_curve.png", results, cfg.task)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"finetune: best {shown} -> {out}", file=sys.stderr)
+        where = f"epoch {metrics['best_epoch']}" if "best_epoch" in metrics else "mean over seeds"
+        print(f"finetune: best by {spec.main_metric} ({where}): {shown} -> {out}", file=sys.stderr)
     accelerator.wait_for_everyone()
     return metrics
 
