@@ -92,9 +92,11 @@ def all_reduce_sum(accelerator: Accelerator, values: list[float]) -> list[float]
 class StopFlag:
     """Set by SIGUSR1/SIGTERM; ``agreed`` makes every rank stop at the same step boundary."""
 
-    def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM)):
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
         self.raised = 0
-        for sig in signals:
+        for sig in self.SIGNALS:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
@@ -104,7 +106,7 @@ class StopFlag:
     def ignore_in_worker(_worker_id: int = 0) -> None:
         """DataLoader ``worker_init_fn``: SLURM and ``kill -- -PGID`` signal the whole process
         group; a worker dying of SIGTERM would crash the rank before it can checkpoint."""
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
+        for sig in StopFlag.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
 
     def agreed(self, accelerator: Accelerator) -> bool:

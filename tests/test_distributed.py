@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertForMaskedLM, BertForPreTraining
 
-from pipeline.shards import file_sha256
+from pipeline.checkpoint import checksums
 from tests.conftest import ROOT, child_env, cli, launch
 from tests.tb import scalars
 
@@ -91,9 +91,7 @@ def test_deepspeed_checkpoint_files_load_weights_only(sample_data, tmp_path):
     state["ds_version"] = _RunsCode(marker)
     torch.save(state, states)
     # the attacker also rewrote the checksums: only weights_only stands in the way
-    sums = {str(p.relative_to(ckpt)): file_sha256(p) for p in sorted(ckpt.rglob("*"))
-            if p.is_file() and p.name not in ("checksums.json", "COMPLETE")}
-    (ckpt / "checksums.json").write_text(json.dumps(sums))
+    (ckpt / "checksums.json").write_text(json.dumps(checksums(ckpt)))
     with pytest.raises(AssertionError) as failed:
         launch(ds, stage_args(sample_data["shards"], out, 12, "--checkpoint.export_hf", "false"))
     assert "mp_rank_00_model_states.pt holds objects that are not plain tensors" in str(failed.value)
