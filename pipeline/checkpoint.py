@@ -2,7 +2,9 @@
 
 A checkpoint is written to ``.tmp-step-XXXXXXXX``, gets ``checksums.json`` and then the
 ``COMPLETE`` marker, and only then is renamed into place. "Latest" is the highest step with a
-marker whose checksums verify; a damaged one is reported and the previous one used. Loads use
+marker whose checksums verify; a damaged one is reported and the previous one used. Each
+``state.json`` records the run's identity (seed, model, data, tokenizer, global batch): a
+checkpoint is resumed, and pruned, only by the run it belongs to. Loads use
 safetensors or ``torch.load(weights_only=True)``, DeepSpeed's engine files included: its own
 loader unpickles anything, so ours replaces it while a checkpoint is loaded.
 """
@@ -22,7 +24,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from pipeline.errors import PipelineError
-from pipeline.shards import atomic_write_json, file_sha256
+from pipeline.shards import atomic_write_json, differences, file_sha256
 
 COMPLETE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -100,9 +102,62 @@ def latest_valid(root: Path, log=print) -> Path | None:
     return None
 
 
-def prune(root: Path, keep_last: int, keep_every: int) -> None:
-    """Keep the last ``keep_last`` checkpoints and every ``keep_every``-th step as milestones."""
-    for path in candidates(root)[keep_last:]:
+def run_of(path: Path) -> dict | None:
+    """The run identity a checkpoint's ``state.json`` records (None: unreadable or none)."""
+    try:
+        return json.loads((path / "state.json").read_text()).get("run")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def other_runs(root: Path, run: dict) -> list[tuple[Path, list[str]]]:
+    """Checkpoints in ``root`` that belong to another run, with what differs."""
+    found = []
+    for path in candidates(root):
+        try:
+            recorded = json.loads((path / "state.json").read_text()).get("run")
+        except (OSError, ValueError, AttributeError):
+            continue  # damaged: latest_valid reports it
+        if recorded != run:
+            found.append((path, differences(recorded, run)))
+    return found
+
+
+def find(root: Path, resume: str, run: dict, log=print) -> Path | None:
+    """The checkpoint to resume for ``resume`` (auto, never or a path), only ever of this run.
+
+    A folder holding another run's checkpoints is refused whatever ``resume`` says, so a new run
+    neither continues nor prunes an old one; "auto" with every checkpoint damaged is an error,
+    never a silent restart at step 0.
+    """
+    others = other_runs(root, run)
+    if others:
+        path, why = others[0]
+        raise PipelineError(f"{root} holds checkpoints of another run ({path.name}: {'; '.join(why)}); "
+                            f"pass a new --output, or move {root} away to start this run afresh")
+    if resume == "never":
+        return None
+    if resume == "auto":
+        path = latest_valid(root, log)
+        if path is None and candidates(root):
+            raise PipelineError(f"every checkpoint in {root} is damaged (see above); pass --resume PATH to an intact "
+                                f"copy, or move {root} away to start again from step 0")
+        return path
+    path = Path(resume)
+    problem = verify(path) if path.is_dir() else "no such directory"
+    if problem:
+        raise PipelineError(f"resume checkpoint {path}: {problem}; pass another one or --resume auto")
+    why = differences(run_of(path), run) if run_of(path) != run else []
+    if why:
+        raise PipelineError(f"resume checkpoint {path} belongs to another run ({'; '.join(why)}); resume it with "
+                            "the settings it was trained with, or start a new run with --resume never")
+    return path
+
+
+def prune(root: Path, keep_last: int, keep_every: int, run: dict) -> None:
+    """Keep this run's last ``keep_last`` checkpoints and every ``keep_every``-th step as
+    milestones; another run's checkpoints are never touched."""
+    for path in [p for p in candidates(root) if run_of(p) == run][max(keep_last, 1):]:
         step = int(path.name.split("-")[1])
         if not (keep_every and step % keep_every == 0):
             shutil.rmtree(path, ignore_errors=True)

@@ -8,11 +8,12 @@ Every field is also settable as ``--dotted.name value``; ``--config FILE.yaml`` 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from typing import Sequence
 
-from pipeline.config import ConfigError, leaf_fields, load_config, _closest
+from pipeline.config import ConfigError, leaf_fields, load_config, show_bounds, _closest
 from pipeline.errors import PipelineError
 
 STAGES = {
@@ -24,6 +25,13 @@ STAGES = {
     "fill-mask": ("pipeline.fill_mask", "Print the top [MASK] candidates of a trained model"),
     "run": ("pipeline.run", "Run every stage end to end on the embedded sample"),
 }
+
+
+# Disk failures a user fixes, not bugs: one line, no traceback.
+DISK_ERRORS = {errno.ENOSPC: "free some space or pass an --output on another disk",
+               errno.EDQUOT: "free some quota or pass an --output on another disk",
+               errno.EROFS: "the file system is read-only; pass a writable --output",
+               errno.EACCES: "no permission; pass a writable --output"}
 
 
 def _parser(prog: str, module) -> argparse.ArgumentParser:
@@ -48,6 +56,8 @@ def _parser(prog: str, module) -> argparse.ArgumentParser:
             help_text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
         if default is not None and not isinstance(default, type(f.default_factory)):
             help_text += f" [default: {default}]"
+        if f.metadata.get("bounds"):
+            help_text += f" [range: {show_bounds(f.metadata['bounds'])}]"
         kwargs = dict(dest=dotted, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
@@ -100,6 +110,12 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None, prog: str | 
         result = module.run(cfg)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; "
+              f"{DISK_ERRORS[err.errno]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -24,9 +26,10 @@ class ConfigError(PipelineError):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None,
-           default_factory: Any = dataclasses.MISSING):
-    """A dataclass field with help text (shown by ``--help``) and optional choices."""
-    meta = {"help": help, "choices": choices}
+           default_factory: Any = dataclasses.MISSING, bounds: str | None = None):
+    """A dataclass field with help text (shown by ``--help``), optional choices and, for
+    numbers, ``bounds`` written as an interval: ``"[1, inf)"``, ``"(0, 1)"``, ``"[0, 1]"``."""
+    meta = {"help": help, "choices": choices, "bounds": bounds and _interval(bounds)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -34,6 +37,34 @@ def option(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | 
 
 def fail(field: str, problem: str, fix: str) -> None:
     raise ConfigError(f"config field '{field}': {problem}; {fix}")
+
+
+def _interval(text: str) -> tuple[str, float, float, str]:
+    m = re.fullmatch(r"\s*([\[(])\s*(-?[\w.+-]+)\s*,\s*(-?[\w.+-]+)\s*([\])])\s*", text)
+    if not m:
+        raise ValueError(f"bounds {text!r} is not an interval like '[1, inf)'")
+    return m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
+
+
+def in_bounds(value: float, bounds: tuple) -> bool:
+    left, low, high, right = bounds
+    return (value >= low if left == "[" else value > low) and (value <= high if right == "]" else value < high)
+
+
+def show_bounds(bounds: tuple) -> str:
+    left, low, high, right = bounds
+    num = lambda x: "inf" if math.isinf(x) else (str(int(x)) if x == int(x) else str(x))
+    return f"{left}{num(low)}, {num(high)}{right}"
+
+
+def _check_bounds(value, f: dataclasses.Field, name: str) -> None:
+    bounds = f.metadata.get("bounds")
+    if not bounds:
+        return
+    for i, v in enumerate(value if isinstance(value, list) else [value]):
+        if isinstance(v, (int, float)) and not (math.isfinite(v) and in_bounds(v, bounds)):
+            where = name if not isinstance(value, list) else f"{name}[{i}]"
+            fail(where, f"{v} is out of range", f"use a value in {show_bounds(bounds)}")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -138,6 +169,7 @@ def build(cls, values: dict, prefix: str = ""):
         choices = f.metadata.get("choices")
         if choices and value not in choices:
             fail(name, f"{value!r} is not one of {', '.join(map(str, choices))}", "pick one of those")
+        _check_bounds(value, f, name)
         kwargs[f.name] = value
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in kwargs and f.default is dataclasses.MISSING

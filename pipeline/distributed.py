@@ -73,6 +73,11 @@ def fill_deepspeed_auto(accelerator: Accelerator, micro_batch: int, accumulation
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
+def launch_rank() -> int:
+    """This process's global rank as set by the launcher, before any Accelerator exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def distributed_type(accelerator: Accelerator) -> str:
     return str(accelerator.distributed_type).split(".")[-1]
 

@@ -8,7 +8,6 @@ work is split over processes (``num_proc``) or SLURM array tasks (``task_index``
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import time
 from collections import Counter
@@ -31,18 +30,18 @@ class Config:
     input: str = option(help="kowiki dump (.xml, .xml.bz2, multistream .bz2), WikiExtractor folder, JSONL, Parquet or text file")
     output: str = option(help="directory for the Arrow document shards and manifest.json")
     format: str = option("auto", "input layout", choices=("auto", "mediawiki", "wikiextractor", "jsonl", "parquet", "text"))
-    num_proc: int = option(1, "worker processes for cleaning on this machine")
-    task_index: int = option(0, "this task's index when a SLURM array splits the work (SLURM_ARRAY_TASK_ID)")
-    num_tasks: int = option(1, "number of tasks the work is split over; task i writes shards k with k % num_tasks == i")
-    pages_per_shard: int = option(20000, "input pages per output shard")
-    chunk_pages: int = option(64, "pages handed to a worker at a time")
+    num_proc: int = option(1, "worker processes for cleaning on this machine", bounds="[1, inf)")
+    task_index: int = option(0, "this task's index when a SLURM array splits the work (SLURM_ARRAY_TASK_ID)", bounds="[0, inf)")
+    num_tasks: int = option(1, "number of tasks the work is split over; task i writes shards k with k % num_tasks == i", bounds="[1, inf)")
+    pages_per_shard: int = option(20000, "input pages per output shard", bounds="[1, inf)")
+    chunk_pages: int = option(64, "pages handed to a worker at a time", bounds="[1, inf)")
     wikitext_mode: str = option("hybrid", "wikitext cleaner (see benchmarks/extract.py)", choices=("hybrid", "parser"))
-    min_sentence_chars: int = option(8, "drop sentences shorter than this many characters")
-    min_document_chars: int = option(64, "drop documents with fewer characters of kept sentences")
-    min_sentences: int = option(1, "drop documents with fewer kept sentences")
+    min_sentence_chars: int = option(8, "drop sentences shorter than this many characters", bounds="[0, inf)")
+    min_document_chars: int = option(64, "drop documents with fewer characters of kept sentences", bounds="[0, inf)")
+    min_sentences: int = option(1, "drop documents with fewer kept sentences", bounds="[0, inf)")
     scrub_pii: bool = option(True, "replace e-mails, phone, RRN, card and account numbers with placeholders")
     dedup: bool = option(True, "drop exact duplicate pages and repeated sentences within a document")
-    overwrite: bool = option(False, "replace an output directory made with other settings")
+    overwrite: bool = option(False, "rebuild an output made from other inputs or settings (built beside it, swapped in when complete)")
 
     def __post_init__(self):
         if self.num_proc < 1:
@@ -60,6 +59,7 @@ ALIASES = {"--input": "input", "--output": "output", "--num-proc": "num_proc",
 # Settings that change the output; num_proc and the task split do not.
 _OUTPUT_FIELDS = ("format", "pages_per_shard", "wikitext_mode", "min_sentence_chars",
                   "min_document_chars", "min_sentences", "scrub_pii", "dedup")
+NAMES = ("shard",)  # the Arrow files of shard k: shard-0000k.arrow
 
 
 def page_sentences(page: RawPage, cfg: Config, pii: Counter) -> list[str]:
@@ -115,7 +115,7 @@ def plan(pages, cfg: Config, config_hash: str, out: Path, stats: dict):
     seen: set = set()
     chunk: list = []
     shard = 0
-    mine = lambda k: k % cfg.num_tasks == cfg.task_index and shards.read_record(out, k, config_hash) is None
+    mine = lambda k: k % cfg.num_tasks == cfg.task_index and shards.claim(out, k, config_hash, NAMES)
     todo = mine(0)
     stats[0] = Counter()
     for ordinal, page in enumerate(pages):
@@ -145,17 +145,19 @@ def plan(pages, cfg: Config, config_hash: str, out: Path, stats: dict):
 
 def run(cfg: Config) -> dict:
     src = Path(cfg.input)
-    fmt = detect_format(src) if cfg.format == "auto" else cfg.format
+    fmt = detect_format(src) if cfg.format == "auto" else cfg.format  # a bad input fails before anything
     out = Path(cfg.output)
-    settings = {k: getattr(cfg, k) for k in _OUTPUT_FIELDS}
-    config_hash = shards.fingerprint(dict(settings, format=fmt, source=str(src.resolve())))
-    shards.prepare_output(out, config_hash, cfg.overwrite, "extract")
+    t0 = time.time()
+    # The input's content, not its path: a new dump at the same path rebuilds, a moved one is reused.
+    source = {"format": fmt, "bytes": _size(src), "sha256": shards.tree_sha256(src)}
+    identity = {"settings": {k: getattr(cfg, k) for k in _OUTPUT_FIELDS}, "source": source}
+    config_hash = shards.fingerprint(identity)
+    build = shards.prepare_output(out, identity, cfg.overwrite, "extract", NAMES, inputs=[src])
     stats: dict[int, Counter] = {}
     docs, dropped, pii, kept_hashes = [], Counter(), Counter(), set()
     written = skipped = 0
-    t0 = time.time()
     bar = tqdm(desc="extract", unit=" pages", disable=None, file=sys.stderr)
-    for tag, value in ordered_map(clean_chunk, plan(read_pages(src, fmt), cfg, config_hash, out, stats), cfg.num_proc):
+    for tag, value in ordered_map(clean_chunk, plan(read_pages(src, fmt), cfg, config_hash, build, stats), cfg.num_proc):
         if tag == "task":
             chunk_docs, chunk_dropped, chunk_pii = value
             docs += chunk_docs
@@ -176,31 +178,41 @@ def run(cfg: Config) -> dict:
                         unique.append(d)
                 docs = unique
             counts = dict(stats[shard], **dropped, kept=len(docs))
-            shards.write_shard(out, shard, {"shard": corpus.documents_table(docs)},
-                               {"config_hash": config_hash, "counts": counts, "pii": dict(pii)})
+            shards.write_shard(build, shard, {"shard": corpus.documents_table(docs)},
+                               {"config_hash": config_hash, "identity": identity, "counts": counts, "pii": dict(pii)})
             written += 1
         else:
             skipped += 1
         docs, dropped, pii, kept_hashes = [], Counter(), Counter(), set()
     bar.close()
     num_shards = len(stats)
-    done = all(shards.read_record(out, k, config_hash) for k in range(num_shards))
-    if done:  # the source checksum is a full read of the input: only once, by the finishing task
-        manifest = {"kind": "corpus", "source": {"path": str(src.resolve()), "format": fmt, "bytes": _size(src),
-                                                 "sha256": shards.tree_sha256(src)}, "config": to_dict(cfg)}
-        done = shards.finalize(out, num_shards, config_hash, manifest)
-        manifest = json.loads((out / shards.MANIFEST).read_text())
+    records = shards.complete_records(build, num_shards, config_hash)
     seconds = time.time() - t0
     print(f"extract: {written} shard(s) written, {skipped} skipped (done or other tasks'), "
-          f"{num_shards} in all, {seconds:.1f}s" + ("" if done else "; waiting for other tasks' shards"),
+          f"{num_shards} in all, {seconds:.1f}s" + ("" if records else "; waiting for other tasks' shards"),
           file=sys.stderr)
-    if done:
-        totals = manifest["counts"]
+    if records:
+        manifest = {"kind": "corpus", "source": dict(source, path=str(src.resolve())), "config": to_dict(cfg)}
+        totals = _check_kept(src, records)
+        manifest = shards.write_manifest(build, records, manifest, identity)
+        shards.publish(build, out, NAMES)
         print(f"extract: {totals.get('pages_seen', 0)} pages seen, {totals.get('kept', 0)} documents kept; "
               f"dropped {_fmt(totals, ('not_article', 'redirect', 'duplicate', 'empty', 'too_short'))}; "
               f"PII replaced {_fmt(manifest['pii'], ('email', 'phone', 'rrn', 'card', 'account'))} -> {out}",
               file=sys.stderr)
-    return {"done": done, "shards": num_shards, "seconds": seconds}
+    return {"done": bool(records), "shards": num_shards, "seconds": seconds}
+
+
+def _check_kept(src: Path, records: list[dict]) -> dict:
+    """The summed page counts; an output with no document at all is an error, not a corpus."""
+    totals = Counter()
+    for r in records:
+        totals.update(r["counts"])
+    if not totals["kept"]:
+        raise InputError(f"{src}: no documents kept of {totals['pages_seen']} pages "
+                         f"({_fmt(totals, ('not_article', 'redirect', 'duplicate', 'empty', 'too_short'))} dropped); "
+                         f"check --format, or lower --min-document-chars/--min-sentence-chars for short texts")
+    return totals
 
 
 def _size(path: Path) -> int:

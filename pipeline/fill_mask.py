@@ -17,7 +17,7 @@ from pipeline.errors import PipelineError
 class Config:
     model: str = option(help="Hugging Face model directory (e.g. OUTPUT/model of pretrain)")
     texts: list[str] = option(default_factory=list, help="sentences with [MASK]")
-    top_k: int = option(5, "candidates shown per mask")
+    top_k: int = option(5, "candidates shown per mask", bounds="[1, inf)")
 
     def __post_init__(self):
         if not self.texts:
@@ -54,6 +54,9 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[st
 
 def run(cfg: Config) -> list:
     model, tokenizer = load_masked_lm(cfg.model)
+    if cfg.top_k > model.config.vocab_size:
+        raise PipelineError(f"top_k {cfg.top_k} is more than the {model.config.vocab_size} pieces of the vocabulary; "
+                            f"pass --top-k {min(10, model.config.vocab_size)} or so")
     results = []
     for text in cfg.texts:
         answers = fill_mask(model, tokenizer, text, cfg.top_k)

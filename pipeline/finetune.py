@@ -39,19 +39,19 @@ class Config:
     eval: str = option(help="evaluation file")
     output: str = option(help="directory for metrics.json, report.md, learning_curve.png and model/")
     init: str = option("pretrained", "start from the pretrained weights or from random ones", choices=("pretrained", "random"))
-    seeds: list[int] = option(default_factory=lambda: [42], help="one or more seeds, comma-separated; several give mean +- std")
-    epochs: int = option(3, "training epochs")
-    lr: float = option(5e-5, "peak learning rate")
-    batch_size: int = option(32, "sequences per optimizer step (over all processes)")
-    eval_batch_size: int = option(128, "sequences per evaluation batch")
-    max_seq_len: int = option(128, "truncate inputs to this many tokens")
-    warmup_ratio: float = option(0.1, "share of steps with linear warmup")
-    weight_decay: float = option(0.01, "decoupled weight decay")
-    clip_grad_norm: float = option(1.0, "gradient clipping (0: off)")
+    seeds: list[int] = option(default_factory=lambda: [42], help="one or more seeds, comma-separated; several give mean +- std", bounds="[0, inf)")
+    epochs: int = option(3, "training epochs", bounds="[1, inf)")
+    lr: float = option(5e-5, "peak learning rate", bounds="(0, inf)")
+    batch_size: int = option(32, "sequences per optimizer step (over all processes)", bounds="[1, inf)")
+    eval_batch_size: int = option(128, "sequences per evaluation batch", bounds="[1, inf)")
+    max_seq_len: int = option(128, "truncate inputs to this many tokens", bounds="[8, inf)")
+    warmup_ratio: float = option(0.1, "share of steps with linear warmup", bounds="[0, 1)")
+    weight_decay: float = option(0.01, "decoupled weight decay", bounds="[0, inf)")
+    clip_grad_norm: float = option(1.0, "gradient clipping (0: off)", bounds="[0, inf)")
     precision: str = option("no", "mixed precision", choices=("no", "bf16", "fp16"))
-    early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)")
-    max_train_examples: int = option(0, "train on a seeded sample of this many rows (0: all)")
-    max_eval_examples: int = option(0, "evaluate on the first this many rows (0: all)")
+    early_stopping: int = option(0, "stop after this many epochs without improvement (0: off)", bounds="[0, inf)")
+    max_train_examples: int = option(0, "train on a seeded sample of this many rows (0: all)", bounds="[0, inf)")
+    max_eval_examples: int = option(0, "evaluate on the first this many rows (0: all)", bounds="[0, inf)")
     text_column: str = option("text", "generic task: column of the (first) sentence")
     pair_column: str = option("", "generic task: column of the second sentence, if pairs")
     label_column: str = option("label", "generic task: column of the label")
@@ -201,11 +201,21 @@ def summarize(results: list[dict], spec) -> dict:
     return dict(mean, std=std, per_seed=per_seed, main_metric=spec.main_metric)
 
 
+def _max_positions(model_dir: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(str(model_dir)), "max_position_embeddings", 512))
+
+
 def run(cfg: Config) -> dict:
     model_dir = Path(cfg.model)
     if not (model_dir / "config.json").exists():
         raise PipelineError(f"{model_dir}: no config.json; pass a Hugging Face model directory (e.g. pretrain's OUTPUT/model)")
     tokenizer = load_tokenizer(model_dir)
+    positions = _max_positions(model_dir)
+    if cfg.max_seq_len > positions:
+        raise PipelineError(f"max_seq_len {cfg.max_seq_len} is above the {positions} positions of {model_dir}; "
+                            f"pass --max-seq-len {positions} or less")
     data = prepare_data(cfg, tokenizer)
     spec = data[0]
     out = Path(cfg.output)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -22,12 +23,13 @@ from tqdm import tqdm
 from pipeline import checkpoint as ckpt
 from pipeline.config import fail, option, to_dict
 from pipeline.data import MLMNSPCollator, epoch_order, load_pretraining_dataset, load_tokenizer, micro_batch_indices, pretraining_manifest
-from pipeline.distributed import StopFlag, all_reduce_sum, distributed_type, fill_deepspeed_auto, is_deepspeed, make_accelerator
+from pipeline.distributed import StopFlag, all_reduce_sum, distributed_type, fill_deepspeed_auto, is_deepspeed, launch_rank, make_accelerator
 from pipeline.errors import PipelineError
 from pipeline.export import full_state_dict, save_hf
 from pipeline.model import PRESETS, bert_config, build_model, device_peak_flops, train_flops
 from pipeline.optim import build_optimizer, lr_factor
-from pipeline.shards import atomic_write_json
+from pipeline.shards import atomic_write_json, output_fingerprint, verify_checksums
+from pipeline.tokenizer import tokenizer_hash
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGUSR1/SIGTERM after a checkpoint; requeue to resume
 
@@ -35,7 +37,7 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGUSR1/SIGTERM after a checkpoin
 @dataclass
 class ModelArgs:
     size: str = option("tiny", "size preset", choices=tuple(PRESETS))
-    dropout: float = option(0.1, "hidden and attention dropout")
+    dropout: float = option(0.1, "hidden and attention dropout", bounds="[0, 1)")
     attention: str = option("sdpa", "attention kernel (sdpa: PyTorch fused attention)", choices=("sdpa", "eager"))
     compile: bool = option(False, "torch.compile the model")
 
@@ -43,42 +45,42 @@ class ModelArgs:
 @dataclass
 class OptimArgs:
     name: str = option("adamw", "optimizer (lamb for very large batches)", choices=("adamw", "lamb"))
-    lr: float = option(5e-4, "peak learning rate")
-    weight_decay: float = option(0.01, "decoupled weight decay (not on biases and LayerNorm)")
-    beta1: float = option(0.9, "Adam beta1")
-    beta2: float = option(0.98, "Adam beta2")
-    eps: float = option(1e-6, "Adam epsilon")
-    warmup_ratio: float = option(0.01, "share of max_steps spent warming up linearly")
+    lr: float = option(5e-4, "peak learning rate", bounds="(0, inf)")
+    weight_decay: float = option(0.01, "decoupled weight decay (not on biases and LayerNorm)", bounds="[0, inf)")
+    beta1: float = option(0.9, "Adam beta1", bounds="[0, 1)")
+    beta2: float = option(0.98, "Adam beta2", bounds="[0, 1)")
+    eps: float = option(1e-6, "Adam epsilon", bounds="[0, inf)")
+    warmup_ratio: float = option(0.01, "share of max_steps spent warming up linearly", bounds="[0, 1)")
     schedule: str = option("linear", "decay after warmup", choices=("linear", "cosine"))
-    min_lr_ratio: float = option(0.0, "final LR as a share of the peak")
-    clip_grad_norm: float = option(1.0, "clip the global gradient norm to this (0: off)")
+    min_lr_ratio: float = option(0.0, "final LR as a share of the peak", bounds="[0, 1]")
+    clip_grad_norm: float = option(1.0, "clip the global gradient norm to this (0: off)", bounds="[0, inf)")
 
 
 @dataclass
 class TrainArgs:
-    max_steps: int = option(1000, "optimizer steps to train")
-    global_batch_size: int = option(256, "sequences per optimizer step, kept whatever the number of processes")
-    micro_batch_size: int = option(32, "sequences per process per forward pass")
+    max_steps: int = option(1000, "optimizer steps to train", bounds="[1, inf)")
+    global_batch_size: int = option(256, "sequences per optimizer step, kept whatever the number of processes", bounds="[1, inf)")
+    micro_batch_size: int = option(32, "sequences per process per forward pass", bounds="[1, inf)")
     precision: str = option("no", "mixed precision", choices=("no", "bf16", "fp16"))
-    mlm_probability: float = option(0.15, "share of real tokens masked")
+    mlm_probability: float = option(0.15, "share of real tokens masked", bounds="(0, 1)")
     whole_word_mask: bool = option(False, "mask all pieces of a word together")
-    num_workers: int = option(1, "data-loading worker processes per rank")
-    log_every: int = option(10, "steps between TensorBoard scalars")
-    max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps")
+    num_workers: int = option(1, "data-loading worker processes per rank", bounds="[0, inf)")
+    log_every: int = option(10, "steps between TensorBoard scalars", bounds="[1, inf)")
+    max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps", bounds="[0, inf)")
 
 
 @dataclass
 class EvalArgs:
-    every: int = option(500, "steps between evaluations on the held-out shards (0: only at the end)")
-    batches: int = option(20, "batches per evaluation")
-    batch_size: int = option(32, "sequences per evaluation batch")
+    every: int = option(500, "steps between evaluations on the held-out shards (0: only at the end)", bounds="[0, inf)")
+    batches: int = option(20, "batches per evaluation", bounds="[1, inf)")
+    batch_size: int = option(32, "sequences per evaluation batch", bounds="[1, inf)")
 
 
 @dataclass
 class CheckpointArgs:
-    save_every: int = option(1000, "steps between checkpoints (0: only at the end and on preemption)")
-    keep_last: int = option(3, "checkpoints kept")
-    keep_every: int = option(0, "also keep every step that is a multiple of this (milestones; 0: none)")
+    save_every: int = option(1000, "steps between checkpoints (0: only at the end and on preemption)", bounds="[0, inf)")
+    keep_last: int = option(3, "checkpoints kept", bounds="[1, inf)")
+    keep_every: int = option(0, "also keep every step that is a multiple of this (milestones; 0: none)", bounds="[0, inf)")
     export_hf: bool = option(True, "write a Hugging Face export beside each checkpoint")
 
 
@@ -86,7 +88,7 @@ class CheckpointArgs:
 class Config:
     data: str = option(help="directory written by 'kowiki-bert shard'")
     output: str = option(help="run directory: checkpoints/, tensorboard/, model/, run_info.json")
-    seed: int = option(0, "seed of initialization, data order and masking")
+    seed: int = option(0, "seed of initialization, data order and masking", bounds="[0, inf)")
     resume: str = option("auto", "auto: latest valid checkpoint in output; never; or a checkpoint path")
     model: ModelArgs = field(default_factory=ModelArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
@@ -197,24 +199,16 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict, cfg: 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         ckpt.seal(tmp, final)
-        ckpt.prune(root, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
+        ckpt.prune(root, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every, state["run"])
     accelerator.wait_for_everyone()
     return final
 
 
-def find_resume(accelerator, cfg: Config) -> Path | None:
-    """The checkpoint to resume from; rank 0 verifies, every rank gets the same answer."""
-    if cfg.resume == "never":
-        return None
+def find_resume(accelerator, cfg: Config, run: dict) -> Path | None:
+    """The checkpoint to resume from; rank 0 checks it is this run's, every rank gets the answer."""
     step = 0.0
     if accelerator.is_main_process:
-        if cfg.resume == "auto":
-            path = ckpt.latest_valid(Path(cfg.output) / "checkpoints", log=lambda m: print(m, file=sys.stderr))
-        else:
-            path = Path(cfg.resume)
-            problem = ckpt.verify(path) if path.is_dir() else "no such directory"
-            if problem:
-                raise PipelineError(f"resume checkpoint {path}: {problem}; pass another one or --resume auto")
+        path = ckpt.find(Path(cfg.output) / "checkpoints", cfg.resume, run, log=lambda m: print(m, file=sys.stderr))
         step = float(int(path.name.split("-")[1]) + 1) if path else 0.0
     step = int(all_reduce_sum(accelerator, [step])[0])
     if not step:
@@ -224,11 +218,38 @@ def find_resume(accelerator, cfg: Config) -> Path | None:
     return Path(cfg.resume)
 
 
+def run_identity(cfg: Config, bert_cfg, manifest: dict) -> dict:
+    """What makes checkpoints one run: resuming or pruning any other run's is refused."""
+    dims = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings")
+    return {"seed": cfg.seed, "global_batch_size": cfg.train.global_batch_size,
+            "model": dict(size=cfg.model.size, **{k: getattr(bert_cfg, k) for k in dims}),
+            "data": output_fingerprint(manifest), "tokenizer": manifest["tokenizer_hash"]}
+
+
+def check_data(accelerator, data: str, manifest: dict, tokenizer) -> None:
+    """The shards' own tokenizer and checksums, verified before a step is spent on them."""
+    tok_dir = Path(data) / "tokenizer"
+    digest = tokenizer_hash(tok_dir)
+    if digest != manifest["tokenizer_hash"] or len(tokenizer) != manifest["vocab_size"]:
+        raise PipelineError(f"{tok_dir} is not the tokenizer the shards were made with (hash {digest}, {len(tokenizer)} "
+                            f"pieces; manifest: {manifest['tokenizer_hash']}, {manifest['vocab_size']}); "
+                            f"run 'kowiki-bert shard' again to rebuild {data}")
+    if accelerator.is_local_main_process:  # one read per node: about 1 s per GB
+        t0 = time.time()
+        size = verify_checksums(Path(data), manifest, f"re-run 'kowiki-bert shard' with --overwrite true for {data}")
+        print(f"pretrain: shard checksums verified ({size / 1e6:.0f} MB in {time.time() - t0:.1f}s)", file=sys.stderr)
+
+
+def write_status(out: Path, state: str, step: int | None, **extra) -> None:
+    """``status.json`` for schedulers; ``attempt`` (KOWIKI_ATTEMPT, set by the SLURM scripts)
+    tells this job attempt's status from one an earlier attempt left behind."""
+    atomic_write_json(out / "status.json", {"state": state, "step": step,
+                                            "attempt": os.environ.get("KOWIKI_ATTEMPT"), **extra})
+
+
 def load_checkpoint(accelerator, model, optimizer, scheduler, path: Path, cfg: Config) -> dict:
     state = json.loads((path / "state.json").read_text())
-    if state["global_batch_size"] != cfg.train.global_batch_size:
-        raise PipelineError(f"{path} was trained with train.global_batch_size={state['global_batch_size']}; "
-                            f"resume with the same value or start a new --output")
     if is_deepspeed(accelerator):
         with ckpt.weights_only_deepspeed_loads(model):
             model.load_checkpoint(str(path / "deepspeed"), tag="state", load_lr_scheduler_states=False)
@@ -271,7 +292,18 @@ def evaluate(accelerator, model, valid, collator: MLMNSPCollator, cfg: Config) -
             "nsp_loss": nsp_sum / max(nsp_count, 1), "nsp_accuracy": nsp_correct / max(nsp_count, 1)}
 
 
-def run(cfg: Config) -> int | dict:
+def run(cfg: Config) -> int:
+    """Train; a failure leaves ``status.json`` "failed", so no script takes an earlier
+    attempt's "finished" or "preempted" for this one's."""
+    try:
+        return train(cfg)
+    except Exception as err:
+        if launch_rank() == 0 and Path(cfg.output).is_dir():
+            write_status(Path(cfg.output), "failed", None, error=(str(err) or type(err).__name__).splitlines()[0])
+        raise
+
+
+def train(cfg: Config) -> int:
     # --- setup
     accelerator, accum, stage = setup(cfg)
     stop = StopFlag()  # from here on a preemption signal is a request, never a crash
@@ -286,6 +318,7 @@ def run(cfg: Config) -> int | dict:
     # --- build
     manifest = pretraining_manifest(cfg.data)
     tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer")
+    check_data(accelerator, cfg.data, manifest, tokenizer)
     train_ds = load_pretraining_dataset(cfg.data, "train")
     valid_ds = load_pretraining_dataset(cfg.data, "valid")
     if len(train_ds) < cfg.train.global_batch_size:
@@ -295,6 +328,7 @@ def run(cfg: Config) -> int | dict:
     bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
                            cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id)
     model = build_model(bert_cfg)
+    run = run_identity(cfg, bert_cfg, manifest)
     torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)  # per-rank dropout streams
     if not is_deepspeed(accelerator):
         model.to(accelerator.device)
@@ -308,17 +342,17 @@ def run(cfg: Config) -> int | dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     # --- resume
     state = {"step": 0, "tokens_seen": 0, "world_size": world, "global_batch_size": cfg.train.global_batch_size,
-             "bad_steps": 0, "restarts": 0}
-    resume_from = find_resume(accelerator, cfg)
+             "bad_steps": 0, "restarts": 0, "run": run}
+    resume_from = find_resume(accelerator, cfg, run)
     if resume_from:
         state = load_checkpoint(accelerator, model, optimizer, scheduler, resume_from, cfg)
-        state.update(world_size=world, restarts=state.get("restarts", 0) + 1)
+        state.update(world_size=world, restarts=state.get("restarts", 0) + 1, run=run)
         if main:
             print(f"pretrain: resumed from {resume_from} at step {state['step']}", file=sys.stderr)
     info = run_info(accelerator, cfg, accum, stage)
     if main:
         atomic_write_json(out / "run_info.json", dict(info, resumed_from=str(resume_from) if resume_from else None))
-        atomic_write_json(out / "status.json", {"state": "running", "step": state["step"]})
+        write_status(out, "running", state["step"])
     # --- loop
     collator = MLMNSPCollator(tokenizer, cfg.train.mlm_probability, cfg.seed, cfg.train.whole_word_mask)
     eval_collator = MLMNSPCollator(tokenizer, cfg.train.mlm_probability, cfg.seed + 1, cfg.train.whole_word_mask)
@@ -408,7 +442,7 @@ def run(cfg: Config) -> int | dict:
         save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
     if preempted:
         if main:
-            atomic_write_json(out / "status.json", {"state": "preempted", "step": state["step"]})
+            write_status(out, "preempted", state["step"])
             print(f"pretrain: stopped by signal at step {state['step']} after a checkpoint; "
                   f"run again (or requeue) to resume, exit code {EXIT_PREEMPTED}", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -422,7 +456,7 @@ def run(cfg: Config) -> int | dict:
         save_hf(weights, bert_cfg, tokenizer, out / "model")
         summary = {"step": state["step"], "tokens_seen": state["tokens_seen"], "train": metrics, "eval": ev}
         atomic_write_json(out / "metrics.json", summary)
-        atomic_write_json(out / "status.json", {"state": "finished", "step": state["step"]})
+        write_status(out, "finished", state["step"])
         print(f"pretrain: {state['step']} steps, eval MLM loss {ev.get('mlm_loss', float('nan')):.3f} "
               f"(ppl {ev.get('perplexity', float('nan')):.1f}), NSP acc {ev.get('nsp_accuracy', float('nan')):.3f} "
               f"-> {out / 'model'}", file=sys.stderr)

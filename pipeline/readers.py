@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -60,8 +59,17 @@ def _head(path: Path, n: int = 4096) -> bytes:
         raise InputError(f"{path}: cannot be decompressed ({err}); the file is corrupt or truncated, fetch it again") from None
 
 
+# Archives the readers cannot open, by magic bytes: what they are and what to pass instead.
+_ARCHIVES = {b"\xfd7zXZ\x00": "an xz archive; decompress it (xz -d) or pass the .bz2 dump",
+             b"PK\x03\x04": "a zip archive; unzip it and pass the file inside",
+             b"\x28\xb5\x2f\xfd": "a zstd archive; decompress it (zstd -d) or pass the .bz2 dump",
+             b"7z\xbc\xaf\x27\x1c": "a 7z archive; extract it and pass the file inside"}
+_INDEX_LINE = re.compile(rb"^\d+:\d+:")
+
+
 def detect_format(path: Path) -> str:
-    """Name the layout of ``path`` or fail with a message saying what was found."""
+    """Name the layout of ``path``, recognising each one positively; anything else is refused
+    with what it looks like and what to pass instead."""
     if not path.exists():
         raise InputError(f"{path}: no such file or directory; check --input")
     if path.is_dir():
@@ -71,20 +79,40 @@ def detect_format(path: Path) -> str:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty; pass a kowiki dump or a corpus file")
     with open(path, "rb") as fh:
-        if fh.read(4) == b"PAR1":
-            return "parquet"
+        magic = fh.read(8)
+    if magic.startswith(b"PAR1"):
+        return "parquet"
+    for sig, what in _ARCHIVES.items():
+        if magic.startswith(sig):
+            raise InputError(f"{path}: {what}")
     head = _head(path).lstrip(b"\xef\xbb\xbf \t\r\n")
     if not head:
         raise InputError(f"{path}: the file is empty once decompressed; pass a kowiki dump or a corpus file")
+    if _looks_binary(head):
+        raise InputError(f"{path}: binary data, not text or a known archive; pass a kowiki dump (.xml/.xml.bz2), "
+                         "WikiExtractor output, JSONL, Parquet or UTF-8 text")
     if head.startswith(b"<?xml") or head.startswith(b"<mediawiki"):
         return "mediawiki"
     if head.startswith(b"<doc "):
         return "wikiextractor"
     if head.startswith(b"<"):
         raise InputError(f"{path}: XML-like but not a MediaWiki export (no <mediawiki> root); pass a pages-articles dump")
+    if head.startswith(b"["):
+        raise InputError(f"{path}: a JSON array, not JSONL; write one object per line with 'title' and 'text' "
+                         "(e.g. jq -c '.[]' FILE > FILE.jsonl)")
     if head.startswith(b"{"):
         return "jsonl"
+    if _INDEX_LINE.match(head):
+        raise InputError(f"{path}: the dump's multistream index (offset:page_id:title lines), not the pages; "
+                         "pass the pages-articles-multistream.xml.bz2 file itself")
     return "text"
+
+
+def _looks_binary(head: bytes) -> bool:
+    """NUL bytes, or mostly bytes that are not UTF-8 (a few bad ones are a text file's
+    problem, reported with their line by the reader)."""
+    text = head.decode("utf-8", errors="replace")
+    return b"\x00" in head or text.count("\ufffd") > max(3, len(text) // 10)
 
 
 def _local(tag: str) -> str:
@@ -130,16 +158,19 @@ def _page_from_xml(page) -> RawPage:
 
 
 def _text_lines(path: Path) -> Iterator[str]:
+    """Lines decoded one at a time, so a decoding error names its own line."""
     with open_binary(path) as raw:
-        stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
         lineno = 0
         try:
-            for lineno, line in enumerate(stream, 1):
-                yield line.rstrip("\n")
+            for lineno, line in enumerate(raw, 1):
+                yield line.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as err:
-            raise InputError(f"{path}: not valid UTF-8 near line {lineno + 1} ({err.reason}); convert the file to UTF-8") from None
+            raise InputError(f"{path}: line {lineno} is not valid UTF-8 ({err.reason} at byte {err.start}); "
+                             "convert the file to UTF-8") from None
         except EOFError:
             raise InputError(f"{path}: the compressed stream ends early (truncated download?); fetch the file again") from None
+        except OSError as err:
+            raise InputError(f"{path}: cannot be decompressed ({err}); the file is corrupt, fetch it again") from None
 
 
 def read_wikiextractor(path: Path) -> Iterator[RawPage]:
@@ -181,8 +212,10 @@ def _json_pages(path: Path, lines, markup: str) -> Iterator[RawPage]:
             raise InputError(f"{path}: line {lineno} is not valid JSON ({err.msg}); fix or remove it") from None
         if not isinstance(row, dict) or "text" not in row:
             raise InputError(f"{path}: line {lineno} has no 'text' field; JSONL input needs 'title' and 'text'")
-        text = row["text"] or ""
-        title = row.get("title") or ""
+        text, title = row["text"] or "", row.get("title") or ""
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise InputError(f"{path}: line {lineno} has a 'text' or 'title' that is not a string "
+                             f"({type(text).__name__}, {type(title).__name__}); write them as JSON strings")
         if title and text.startswith(title + "\n"):
             text = text[len(title) + 1:]
         yield RawPage(str(row.get("id", lineno)), title, text, markup)
@@ -193,6 +226,7 @@ def read_jsonl(path: Path) -> Iterator[RawPage]:
 
 
 def read_parquet(path: Path) -> Iterator[RawPage]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -202,6 +236,10 @@ def read_parquet(path: Path) -> Iterator[RawPage]:
     names = set(pf.schema_arrow.names)
     if not {"title", "text"} <= names:
         raise InputError(f"{path}: Parquet columns are {sorted(names)}; the extract stage needs 'title' and 'text'")
+    for column in ("title", "text"):
+        kind = pf.schema_arrow.field(column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise InputError(f"{path}: Parquet column '{column}' is {kind}, not string; cast it to string")
     columns = ["title", "text"] + (["id"] if "id" in names else [])
     ordinal = 0
     for batch in pf.iter_batches(batch_size=1024, columns=columns):

@@ -24,10 +24,10 @@ PROBE = "이순신은 [MASK] 중기의 무신이다."
 class Config:
     output: str = option("runs/sample", "directory for every stage's output")
     model_size: str = option("tiny", "size preset of the pretrained model", choices=tuple(PRESETS))
-    max_steps: int = option(300, "pretraining steps")
-    finetune_epochs: int = option(4, "fine-tuning epochs on the sample reviews")
-    seed: int = option(0, "seed of every stage")
-    num_proc: int = option(1, "worker processes of the data stages")
+    max_steps: int = option(300, "pretraining steps", bounds="[1, inf)")
+    finetune_epochs: int = option(4, "fine-tuning epochs on the sample reviews", bounds="[1, inf)")
+    seed: int = option(0, "seed of every stage", bounds="[0, inf)")
+    num_proc: int = option(1, "worker processes of the data stages", bounds="[1, inf)")
 
 
 ALIASES = {"--output": "output", "--model-size": "model_size", "--max-steps": "max_steps", "--seed": "seed"}
@@ -41,7 +41,7 @@ def stage_configs(cfg: Config) -> dict:
             "input": str(DUMP), "output": str(out / "corpus"), "num_proc": cfg.num_proc, "overwrite": True}),
         "tokenizer": load_config(tokenizer.Config, None, {
             "corpus": str(out / "corpus"), "output": str(out / "tokenizer"), "vocab_size": 2000,
-            "min_frequency": 1, "heldout_documents": 2, "seed": cfg.seed}),
+            "min_frequency": 1, "heldout_documents": 2, "seed": cfg.seed, "overwrite": True}),
         "shard": load_config(shard.Config, None, {
             "corpus": str(out / "corpus"), "tokenizer": str(out / "tokenizer"), "output": str(out / "shards"),
             "max_seq_len": 128, "dupe_factor": 20, "valid_fraction": 0.2, "num_proc": cfg.num_proc,

@@ -10,6 +10,7 @@ draws from its own seeded RNG, so the output is the same for any ``num_proc`` or
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import shutil
 import sys
@@ -28,7 +29,8 @@ from pipeline.corpus import corpus_files
 from pipeline.errors import PipelineError
 from pipeline.nsp import NOT_NEXT, document_pairs
 from pipeline.parallel import ordered_map
-from pipeline.tokenizer import tokenizer_hash
+from pipeline.shards import read_manifest
+from pipeline.tokenizer import check_tokenizer_dir
 
 
 @dataclass
@@ -36,17 +38,17 @@ class Config:
     corpus: str = option(help="directory written by 'kowiki-bert extract'")
     tokenizer: str = option(help="directory written by 'kowiki-bert tokenizer'")
     output: str = option(help="directory for the pretraining shards")
-    max_seq_len: int = option(128, "tokens per example, [CLS] and two [SEP] included")
-    short_seq_prob: float = option(0.1, "probability of a shorter random target length")
-    dupe_factor: int = option(1, "pairings per document, each with other random splits")
-    valid_fraction: float = option(0.01, "share of documents held out for validation")
-    seed: int = option(12345, "seed of pairing, truncation and the validation split")
-    num_proc: int = option(1, "worker processes on this machine")
-    task_index: int = option(0, "this task's index in a SLURM array")
-    num_tasks: int = option(1, "number of tasks; task i writes shards k with k % num_tasks == i")
-    docs_per_shard: int = option(8192, "documents per output shard (a multiple of chunk_docs)")
-    chunk_docs: int = option(256, "documents per unit of work; NotNext segments come from the same chunk")
-    overwrite: bool = option(False, "replace an output directory made with other settings")
+    max_seq_len: int = option(128, "tokens per example, [CLS] and two [SEP] included", bounds="[8, 4096]")
+    short_seq_prob: float = option(0.1, "probability of a shorter random target length", bounds="[0, 1]")
+    dupe_factor: int = option(1, "pairings per document, each with other random splits", bounds="[1, inf)")
+    valid_fraction: float = option(0.01, "share of documents held out for validation", bounds="[0, 1)")
+    seed: int = option(12345, "seed of pairing, truncation and the validation split", bounds="[0, inf)")
+    num_proc: int = option(1, "worker processes on this machine", bounds="[1, inf)")
+    task_index: int = option(0, "this task's index in a SLURM array", bounds="[0, inf)")
+    num_tasks: int = option(1, "number of tasks; task i writes shards k with k % num_tasks == i", bounds="[1, inf)")
+    docs_per_shard: int = option(8192, "documents per output shard (a multiple of chunk_docs)", bounds="[2, inf)")
+    chunk_docs: int = option(256, "documents per unit of work; NotNext segments come from the same chunk", bounds="[2, inf)")
+    overwrite: bool = option(False, "rebuild an output made from other inputs or settings (built beside it, swapped in when complete)")
 
     def __post_init__(self):
         if not 8 <= self.max_seq_len <= 4096:
@@ -68,6 +70,7 @@ ALIASES = {"--corpus": "corpus", "--tokenizer": "tokenizer", "--output": "output
 _OUTPUT_FIELDS = ("max_seq_len", "short_seq_prob", "dupe_factor", "valid_fraction", "seed",
                   "docs_per_shard", "chunk_docs")
 SPLITS = ("train", "valid")
+NAMES, EXTRA = SPLITS, ("tokenizer",)  # train-0000k.arrow, valid-0000k.arrow; the tokenizer copy
 
 _worker: dict = {}
 
@@ -141,7 +144,7 @@ def read_documents(files: list[Path]):
 def plan(docs, cfg: Config, config_hash: str, out: Path, seen: list):
     """("task", chunk) for this task's unfinished shards and ("close", k) at each shard's end."""
     shard, chunk_no, ids, texts = 0, 0, [], []
-    mine = lambda k: k % cfg.num_tasks == cfg.task_index and shards.read_record(out, k, config_hash) is None
+    mine = lambda k: k % cfg.num_tasks == cfg.task_index and shards.claim(out, k, config_hash, NAMES)
     todo = mine(0)
     for n, (doc_id, sentences) in enumerate(docs):
         seen[0] = n + 1
@@ -162,20 +165,22 @@ def plan(docs, cfg: Config, config_hash: str, out: Path, seen: list):
 
 
 def run(cfg: Config) -> dict:
+    corpus_manifest = read_manifest(cfg.corpus, "corpus", "run 'kowiki-bert extract' (again) to finish it")
     files = corpus_files(cfg.corpus)
     tok_dir = Path(cfg.tokenizer)
-    tok_hash = tokenizer_hash(tok_dir)
+    tok_hash = check_tokenizer_dir(tok_dir)
     vocab_size = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).get_vocab_size()
     id_type = pa.uint16() if vocab_size <= 65536 else pa.uint32()
     out = Path(cfg.output)
-    settings = {k: getattr(cfg, k) for k in _OUTPUT_FIELDS}
-    config_hash = shards.fingerprint(dict(settings, tokenizer=tok_hash, corpus=[f.name for f in files]))
-    shards.prepare_output(out, config_hash, cfg.overwrite, "shard")
+    identity = {"settings": {k: getattr(cfg, k) for k in _OUTPUT_FIELDS}, "tokenizer": tok_hash,
+                "corpus": shards.output_fingerprint(corpus_manifest)}
+    config_hash = shards.fingerprint(identity)
+    build = shards.prepare_output(out, identity, cfg.overwrite, "shard", NAMES, [cfg.corpus, tok_dir], EXTRA)
     t0, seen, written, skipped = time.time(), [0], 0, 0
     parts: dict[str, list] = {s: [] for s in SPLITS}
     tokens_in = 0
     bar = tqdm(desc="shard", unit=" docs", disable=None, file=sys.stderr)
-    work = plan(read_documents(files), cfg, config_hash, out, seen)
+    work = plan(read_documents(files), cfg, config_hash, build, seen)
     for tag, value in ordered_map(build_chunk, work, cfg.num_proc, _init_worker,
                                   (str(tok_dir / "tokenizer.json"), cfg)):
         if tag == "task":
@@ -191,7 +196,7 @@ def run(cfg: Config) -> dict:
             counts.update({f"{s}_tokens": int(sum(p["lengths"].sum() for p in parts[s])) for s in SPLITS},
                           not_next=int(sum((p["label"] == NOT_NEXT).sum() for p in parts["train"])),
                           tokens_in=tokens_in)
-            shards.write_shard(out, shard, tables, {"config_hash": config_hash, "counts": counts})
+            shards.write_shard(build, shard, tables, {"config_hash": config_hash, "identity": identity, "counts": counts})
             written += 1
         else:
             skipped += 1
@@ -200,18 +205,29 @@ def run(cfg: Config) -> dict:
     if seen[0] == 0:
         raise PipelineError(f"{cfg.corpus}: the corpus has no documents; extract a larger input")
     num_shards = (seen[0] - 1) // cfg.docs_per_shard + 1
-    manifest = {"kind": "pretraining", "tokenizer_hash": tok_hash, "vocab_size": vocab_size,
-                "id_dtype": str(id_type), "max_seq_len": cfg.max_seq_len, "config": to_dict(cfg)}
-    done = shards.finalize(out, num_shards, config_hash, manifest)
-    if done:
-        shutil.copytree(tok_dir, out / "tokenizer", dirs_exist_ok=True)
-        totals = shards.read_manifest(out, "pretraining data", "run 'kowiki-bert shard' again")["counts"]
+    records = shards.complete_records(build, num_shards, config_hash)
+    if records:
+        copy_tokenizer(tok_dir, build / "tokenizer")  # before the manifest, which marks the output complete
+        manifest = {"kind": "pretraining", "tokenizer_hash": tok_hash, "vocab_size": vocab_size,
+                    "id_dtype": str(id_type), "max_seq_len": cfg.max_seq_len, "config": to_dict(cfg)}
+        totals = shards.write_manifest(build, records, manifest, identity)["counts"]
+        shards.publish(build, out, NAMES, EXTRA)
         print(f"shard: {totals['train_examples']} train / {totals['valid_examples']} valid examples, "
               f"{totals['train_tokens'] + totals['valid_tokens']} tokens, "
               f"NotNext {totals['not_next'] / max(totals['train_examples'], 1):.1%} -> {out}", file=sys.stderr)
     print(f"shard: {written} shard(s) written, {skipped} skipped, {num_shards} in all, {time.time() - t0:.1f}s"
-          + ("" if done else "; waiting for other tasks' shards"), file=sys.stderr)
-    return {"done": done, "shards": num_shards, "seconds": time.time() - t0}
+          + ("" if records else "; waiting for other tasks' shards"), file=sys.stderr)
+    return {"done": bool(records), "shards": num_shards, "seconds": time.time() - t0}
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy the tokenizer atomically: a folder named ``tokenizer`` is always a whole one."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.rename(tmp, dst)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,17 @@ def _need(path: Path, row: dict, key: str, where: str):
     return row[key]
 
 
+def _number(path: Path, row: int, value) -> float:
+    """A regression label; anything but a finite number names its row."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise PipelineError(f"{path}: row {row} has the label {value!r}, not a number; STS labels are scores such as 3.2")
+    return number
+
+
 def _read_table(path: Path) -> list[dict]:
     if not path.is_file():
         raise PipelineError(f"{path}: no such file; check --train/--eval")
@@ -56,10 +68,15 @@ def _read_table(path: Path) -> list[dict]:
     except UnicodeDecodeError as err:
         raise PipelineError(f"{path}: not valid UTF-8 ({err.reason}); convert it to UTF-8") from None
     if path.suffix in (".jsonl", ".json"):
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        try:
+            if text.lstrip().startswith("["):
+                rows = json.loads(text)
+            else:
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"{path}: not valid JSON at line {err.lineno} ({err.msg}); fix the file") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise PipelineError(f"{path}: every row must be a JSON object with the task's fields")
     else:
         delim = "," if path.suffix == ".csv" else "\t"
         rows = list(csv.DictReader(text.splitlines(), delimiter=delim, quoting=csv.QUOTE_NONE))
@@ -81,9 +98,9 @@ def load_rows(task: str, path: str | Path, text_column: str = "text", pair_colum
                     [_need(path, r, "gold_label", "a row") for r in rows])
     if task == "klue-sts":
         labels = [_need(path, r, "labels", "a row") for r in rows]
+        scores = [_number(path, i, _need(path, lab, "label", "a row's labels")) for i, lab in enumerate(labels, 1)]
         return Rows([_need(path, r, "sentence1", "a row") for r in rows], [_need(path, r, "sentence2", "a row") for r in rows],
-                    [float(_need(path, lab, "label", "a row's labels")) for lab in labels],
-                    [int(lab.get("binary-label", lab["label"] >= 3.0)) for lab in labels])
+                    scores, [int(lab.get("binary-label", score >= 3.0)) for lab, score in zip(labels, scores)])
     text = [str(_need(path, r, text_column, "the header/rows (set --text-column)")) for r in rows]
     pair = [str(_need(path, r, pair_column, "the header/rows (set --pair-column)")) for r in rows] if pair_column else None
     return Rows(text, pair, [str(_need(path, r, label_column, "the header/rows (set --label-column)")).strip() for r in rows])
@@ -94,6 +111,9 @@ def label_ids(spec: TaskSpec, train: Rows, eval_rows: Rows, eval_path) -> tuple[
     if spec.regression:
         return None, train.label, eval_rows.label
     names = spec.label_names or sorted(set(train.label), key=lambda s: (len(s), s))
+    if len(set(train.label)) < 2:
+        raise PipelineError(f"--train: every row has the label {train.label[0]!r}; a classifier needs at least two "
+                            f"classes (check --label-column, or the file)")
     index = {n: i for i, n in enumerate(names)}
     for rows, where in ((train, "--train"), (eval_rows, eval_path)):
         bad = next((lab for lab in rows.label if lab not in index), None)

@@ -4,15 +4,19 @@ No lowercasing and no accent stripping: BERT's accent stripping runs NFD, which 
 Hangul syllable into conjoining jamo. The normalizer is NFC plus BERT's cleanup.
 
 Training is not bit-reproducible: ``tokenizers``' trainer numbers the ``##`` pieces in hash-map
-order, which changes merge tie-breaks between runs (huggingface/tokenizers#1794). Train once;
-the shard manifest records the tokenizer's hash, and every later stage is exact given it.
+order, which changes merge tie-breaks between runs (huggingface/tokenizers#1794). So a rerun
+with the same corpus and settings keeps the existing vocabulary (``manifest.json`` records what
+it was built from) and a resubmitted chain continues; the shard manifest records the
+tokenizer's hash, and every later stage is exact given it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,7 @@ from transformers import PreTrainedTokenizerFast
 from pipeline.config import fail, option
 from pipeline.corpus import load_documents
 from pipeline.errors import PipelineError
-from pipeline.shards import atomic_write_json
+from pipeline.shards import MANIFEST, atomic_write_json, check_not_inputs, differences, output_fingerprint, read_manifest, recover_swap, swap_dir
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -32,12 +36,13 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 class Config:
     corpus: str = option(help="directory written by 'kowiki-bert extract'")
     output: str = option(help="directory for the Hugging Face tokenizer")
-    vocab_size: int = option(32000, "WordPiece vocabulary size, special tokens included")
-    min_frequency: int = option(2, "ignore pieces seen fewer times")
-    limit_alphabet: int = option(3000, "most frequent characters kept as the base alphabet (Hangul needs ~2,500)")
-    max_documents: int = option(300000, "train on a seeded sample of this many documents (0: all)")
-    heldout_documents: int = option(500, "documents kept out of training to report UNK rate and tokens per word")
-    seed: int = option(0, "seed of the document sample and hold-out")
+    vocab_size: int = option(32000, "WordPiece vocabulary size, special tokens included", bounds="[105, 1048576]")
+    min_frequency: int = option(2, "ignore pieces seen fewer times", bounds="[1, inf)")
+    limit_alphabet: int = option(3000, "most frequent characters kept as the base alphabet (Hangul needs ~2,500)", bounds="[1, inf)")
+    max_documents: int = option(300000, "train on a seeded sample of this many documents (0: all)", bounds="[0, inf)")
+    heldout_documents: int = option(500, "documents kept out of training to report UNK rate and tokens per word", bounds="[0, inf)")
+    seed: int = option(0, "seed of the document sample and hold-out", bounds="[0, inf)")
+    overwrite: bool = option(False, "train anew over an output built from another corpus or settings (swapped in when complete)")
 
     def __post_init__(self):
         if self.vocab_size < len(SPECIAL_TOKENS) + 100:
@@ -47,6 +52,7 @@ class Config:
 
 
 ALIASES = {"--corpus": "corpus", "--output": "output", "--vocab-size": "vocab_size"}
+_OUTPUT_FIELDS = ("vocab_size", "min_frequency", "limit_alphabet", "max_documents", "heldout_documents", "seed")
 
 
 def build_tokenizer() -> Tokenizer:
@@ -113,7 +119,63 @@ def tokenizer_hash(path: str | Path) -> str:
     return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
 
 
+def read_tokenizer_manifest(path: Path) -> dict | None:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        return manifest if manifest.get("kind") == "tokenizer" else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_tokenizer_dir(path: str | Path) -> str:
+    """The hash of a complete tokenizer-stage output; refuses partial or edited ones."""
+    path = Path(path)
+    digest = tokenizer_hash(path)
+    manifest = read_tokenizer_manifest(path)
+    if manifest is None:
+        raise PipelineError(f"{path}: no readable {MANIFEST}, so it is not a complete 'kowiki-bert tokenizer' output; "
+                            "run 'kowiki-bert tokenizer' (again) for it")
+    if manifest["tokenizer_hash"] != digest:
+        raise PipelineError(f"{path}/tokenizer.json changed after 'kowiki-bert tokenizer' wrote it "
+                            f"(hash {digest}, recorded {manifest['tokenizer_hash']}); run the tokenizer stage again")
+    return digest
+
+
+def _reusable(out: Path, identity: dict, overwrite: bool) -> dict | None:
+    """The existing output if it was built from the same corpus and settings; refuses to touch
+    a folder of someone else's files, or another build without ``overwrite``."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise PipelineError(f"--output {out} is a file; pass a directory")
+    manifest = read_tokenizer_manifest(out)
+    entries = sorted(p.name for p in out.iterdir())
+    foreign = [e for e in entries if e not in (manifest or {}).get("files", []) + [MANIFEST]]
+    if foreign:
+        raise PipelineError(f"{out} holds files 'kowiki-bert tokenizer' did not write ({', '.join(foreign[:3])}); "
+                            "pass an empty or new --output")
+    if manifest is None:
+        return None
+    if manifest["identity"] == identity and tokenizer_hash(out) == manifest["tokenizer_hash"]:
+        return manifest
+    if not overwrite:
+        why = "; ".join(differences(manifest["identity"], identity)) or "tokenizer.json was edited"
+        raise PipelineError(f"{out} holds a tokenizer built from another corpus or settings ({why}); pass a new "
+                            "--output, or --overwrite true to train a new one (shards made with the old one are then refused)")
+    return None
+
+
 def run(cfg: Config) -> dict:
+    corpus_manifest = read_manifest(Path(cfg.corpus), "corpus", "run 'kowiki-bert extract' (again) to finish it")
+    identity = {"settings": {k: getattr(cfg, k) for k in _OUTPUT_FIELDS}, "corpus": output_fingerprint(corpus_manifest)}
+    out = Path(cfg.output)
+    check_not_inputs(out, [cfg.corpus])
+    recover_swap(out)
+    kept = _reusable(out, identity, cfg.overwrite)
+    if kept:  # training again would give another vocabulary (see the module docstring)
+        print(f"tokenizer: kept the vocabulary in {out}: same corpus and settings (hash {kept['tokenizer_hash']})",
+              file=sys.stderr)
+        return kept["report"]
     docs = load_documents(cfg.corpus)
     if len(docs) == 0:
         raise PipelineError(f"{cfg.corpus}: the corpus has no documents; extract a larger input")
@@ -129,14 +191,24 @@ def run(cfg: Config) -> dict:
     report = evaluate(tok, list(_sentences(docs, held_idx)) or docs[0]["sentences"])
     report.update(vocab_size=tok.get_vocab_size(), jamo_share=jamo_share(tok.get_vocab()),
                   train_documents=len(train_idx), heldout_documents=len(held_idx))
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    to_transformers(tok).save_pretrained(str(out))
-    atomic_write_json(out / "report.json", report)
+    save(tok, report, identity, out)
     print(f"tokenizer: vocab {report['vocab_size']}, held-out UNK rate {report['unk_rate']:.3%}, "
           f"{report['tokens_per_word']:.2f} tokens/word, jamo pieces {report['jamo_share']:.2%} -> {out}",
           file=sys.stderr)
     return report
+
+
+def save(tok: Tokenizer, report: dict, identity: dict, out: Path) -> None:
+    """Write beside ``out``, manifest last, then swap in: ``out`` is always a whole tokenizer."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    to_transformers(tok).save_pretrained(str(tmp))
+    atomic_write_json(tmp / "report.json", report)
+    files = sorted(p.name for p in tmp.iterdir())
+    atomic_write_json(tmp / MANIFEST, {"kind": "tokenizer", "identity": identity, "tokenizer_hash": tokenizer_hash(tmp),
+                                       "vocab_size": tok.get_vocab_size(), "files": files, "report": report})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    swap_dir(tmp, out)
 
 
 if __name__ == "__main__":

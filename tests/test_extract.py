@@ -165,7 +165,7 @@ def test_rerun_skips_complete_shards_and_redoes_half_written(tmp_path):
         {k: v for k, v in mtimes.items() if k != "shard-00002.arrow"}
     assert not list(out.glob(".*tmp*"))
     other = cli("extract", "--input", src, "--output", out, "--pages-per-shard", "7", check=False)
-    assert other.returncode == 2 and "other settings" in other.stderr
+    assert other.returncode == 2 and "other inputs or settings (settings.pages_per_shard: 5 -> 7)" in other.stderr
 
 
 def _wrap_in_markup(title: str, sentences: list[str], rng: random.Random, page_id: int) -> str:

@@ -135,10 +135,10 @@ def test_checkpoint_retention_keeps_last_k_and_milestones(tmp_path):
     for step in range(100, 1100, 100):
         tmp = tmp_path / f".tmp-step-{step:08d}"
         tmp.mkdir()
-        (tmp / "state.json").write_text("{}")
+        (tmp / "state.json").write_text(json.dumps({"run": {"seed": 0}}))
         ckpt.seal(tmp, ckpt.step_dir(tmp_path, step))
     (tmp_path / ".tmp-step-00001100").mkdir()  # a save that was killed
-    ckpt.prune(tmp_path, keep_last=2, keep_every=500)
+    ckpt.prune(tmp_path, keep_last=2, keep_every=500, run={"seed": 0})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000500", "step-00000900", "step-00001000"]
     (tmp_path / "step-00001000" / "state.json").write_text("changed")
     messages = []

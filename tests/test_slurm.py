@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -61,7 +62,49 @@ def test_pretrain_usr1_checkpoint_requeue_resume(cluster, sample_data, tmp_path)
     assert info["JobState"] == "COMPLETED", text[-3000:]
     assert "USR1: asking the ranks to checkpoint" in text and "requeueing" in text and "restart 1" in text
     assert f"resumed from {out}/checkpoints/step-{preempted['step']:08d}" in text
-    assert json.loads((out / "status.json").read_text()) == {"state": "finished", "step": 600}
+    status = json.loads((out / "status.json").read_text())
+    assert (status["state"], status["step"], status["attempt"]) == ("finished", 600, f"{job}.1")
+
+
+def pretrain_job(cluster, tmp_path, data, out, *args, **env) -> tuple[str, Path]:
+    log = tmp_path / "job.out"
+    job = cluster.sbatch("--time=10", "--nodes=1", "--output", log, ROOT / "slurm" / "pretrain.sbatch", data, out,
+                         *args, *TINY, env=dict(JOB_ENV, GPUS_PER_NODE="1", **env))
+    return job, log
+
+
+def failed_without_requeue(cluster, job: str, log: Path) -> str:
+    info = cluster.wait(job, timeout=300)
+    text = log.read_text()
+    assert info["JobState"] == "FAILED" and int(info.get("Restarts", 0)) == 0, text[-3000:]
+    return text
+
+
+@pytest.mark.parametrize("stale", ["preempted", "finished"])
+def test_start_up_failure_after_a_stale_status_fails_the_job(cluster, tmp_path, stale):
+    # status.json left by an earlier attempt (preempted, or a finished run); this attempt
+    # fails at start-up: the job must fail, neither requeue forever nor report success.
+    out = tmp_path / "pretrain"
+    out.mkdir()
+    (out / "status.json").write_text(json.dumps({"state": stale, "step": 5, "attempt": "1.0"}))
+    text = failed_without_requeue(cluster, *pretrain_job(cluster, tmp_path, tmp_path / "no-such-shards", out))
+    assert "no such directory" in text and "training failed; not requeueing" in text
+    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+
+
+def test_requeues_are_capped(cluster, sample_data, tmp_path):
+    out = tmp_path / "pretrain"
+    job, log = pretrain_job(cluster, tmp_path, sample_data["shards"], out, "--max-steps", "100000",
+                            "--save-every", "100000", MAX_REQUEUES="0")
+    t0 = time.time()
+    while not (out / "status.json").exists() or json.loads((out / "status.json").read_text())["state"] != "running":
+        assert time.time() - t0 < 300, log.read_text() if log.exists() else "no log"
+        time.sleep(1)
+    time.sleep(3)  # training is under way
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=cluster.env, check=True)
+    text = failed_without_requeue(cluster, job, log)
+    assert "not requeueing: already requeued 0 times (MAX_REQUEUES=0)" in text
+    assert json.loads((out / "status.json").read_text())["state"] == "preempted"
 
 
 def test_two_node_job_trains_two_ranks_together(cluster, sample_data, tmp_path):
