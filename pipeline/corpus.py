@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import datasets
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
@@ -26,8 +25,10 @@ def corpus_files(path: str | Path) -> list[Path]:
     return [path / rec["files"]["shard"]["file"] for rec in manifest["shards"]]
 
 
-def load_documents(path: str | Path) -> datasets.Dataset:
+def load_documents(path: str | Path):
     """The whole corpus as one memory-mapped ``datasets.Dataset``."""
+    import datasets  # here, so training (which never reads the corpus) runs without it
+
     files = corpus_files(path)
     parts = [datasets.Dataset.from_file(str(f)) for f in files]
     if not parts:

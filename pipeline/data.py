@@ -104,13 +104,19 @@ class MLMNSPCollator:
     Masks ``mlm_probability`` of the real tokens of each example (never ``[CLS]``, ``[SEP]``,
     ``[PAD]``): 80% become ``[MASK]``, 10% a random token, 10% stay. The draw for an example
     depends only on (seed, epoch, example index); set ``epoch`` before each epoch.
-    ``whole_word`` masks all pieces of a word together.
+    ``whole_word`` masks all pieces of a word together. Besides ``labels`` (B, S) it gives
+    ``mlm_positions``/``mlm_labels`` (B, max_predictions): static shapes for the MLM head.
     """
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 0, whole_word: bool = False,
-                 pad_to_multiple_of: int | None = 8, epoch: int = 0):
+                 pad_to_multiple_of: int | None = 8, epoch: int = 0, max_seq_len: int = 512,
+                 buckets: tuple[int, ...] | None = None):
         self.mlm_probability, self.seed, self.whole_word, self.epoch = mlm_probability, seed, whole_word, epoch
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.buckets = tuple(sorted(buckets)) if buckets else None
+        # A fixed number of prediction slots per sequence (BERT's max_predictions_per_seq), so
+        # the MLM head's shape never changes; unused slots are padding with label -100.
+        self.max_predictions = -(-max(1, round(max_seq_len * mlm_probability)) // 8) * 8
         self.pad_id, self.mask_id = tokenizer.pad_token_id, tokenizer.mask_token_id
         vocab = tokenizer.get_vocab()
         self.vocab_size = len(tokenizer)
@@ -153,13 +159,22 @@ class MLMNSPCollator:
         out[rand_pos] = self.random_ids[rng.integers(0, len(self.random_ids), len(rand_pos))]
         return out, labels
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(e["input_ids"]) for e in examples)
+    def padded_length(self, longest: int) -> int:
+        """The batch's length: the smallest bucket that fits (a few static shapes for compiled
+        steps), or the longest example rounded up to ``pad_to_multiple_of``."""
+        if self.buckets:
+            return next((b for b in self.buckets if b >= longest), self.buckets[-1])
         if self.pad_to_multiple_of:
-            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        b = len(examples)
+            return -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return longest
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        longest = self.padded_length(max(len(e["input_ids"]) for e in examples))
+        b, p = len(examples), self.max_predictions
         batch = {k: np.full((b, longest), fill, dtype=np.int64)
                  for k, fill in (("input_ids", self.pad_id), ("token_type_ids", 0), ("attention_mask", 0), ("labels", -100))}
+        batch["mlm_positions"] = np.zeros((b, p), dtype=np.int64)
+        batch["mlm_labels"] = np.full((b, p), -100, dtype=np.int64)
         for row, ex in enumerate(examples):
             n = len(ex["input_ids"])
             ids, labels = self.mask_example(np.asarray(ex["input_ids"]), ex["index"])
@@ -167,6 +182,9 @@ class MLMNSPCollator:
             batch["labels"][row, :n] = labels
             batch["token_type_ids"][row, :n] = ex["token_type_ids"]
             batch["attention_mask"][row, :n] = 1
+            pos = np.flatnonzero(labels != -100)[:p]
+            batch["mlm_positions"][row, :len(pos)] = pos
+            batch["mlm_labels"][row, :len(pos)] = labels[pos]
         out = {k: torch.from_numpy(v) for k, v in batch.items()}
         out["next_sentence_label"] = torch.tensor([e["next_sentence_label"] for e in examples], dtype=torch.long)
         return out

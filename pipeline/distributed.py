@@ -73,9 +73,29 @@ def fill_deepspeed_auto(accelerator: Accelerator, micro_batch: int, accumulation
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
+def deepspeed_stage() -> int:
+    """The ZeRO stage the launcher asked for (its config file), or -1, without starting anything."""
+    if not using_deepspeed():
+        return -1
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if not path or not os.path.exists(path):
+        return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0"))
+    import json
+
+    with open(path) as fh:
+        return int(json.load(fh).get("zero_optimization", {}).get("stage", 0))
+
+
 def launch_rank() -> int:
     """This process's global rank as set by the launcher, before any Accelerator exists."""
     return int(os.environ.get("RANK", "0"))
+
+
+def offloads_optimizer(accelerator: Accelerator) -> bool:
+    """Whether the DeepSpeed config moves optimizer states to the host (ZeRO offload)."""
+    plugin = accelerator.state.deepspeed_plugin
+    zero = plugin.deepspeed_config.get("zero_optimization", {}) if plugin else {}
+    return zero.get("offload_optimizer", {}).get("device", "none") in ("cpu", "nvme")
 
 
 def distributed_type(accelerator: Accelerator) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import BertConfig, BertForPreTraining
 
@@ -33,7 +34,8 @@ class PreTrainingModel(nn.Module):
     """``BertForPreTraining`` whose MLM head runs on the masked positions only.
 
     The vocabulary projection over every position is the largest single matmul of a small
-    BERT; gathering the ~15% masked positions first gives the same loss for a fraction of it.
+    BERT; gathering the masked positions first (a fixed number of slots per sequence, so the
+    shape is static) gives the same loss for a fraction of it.
     The wrapped ``bert`` is a stock ``BertForPreTraining``: that is what gets exported.
     """
 
@@ -41,28 +43,45 @@ class PreTrainingModel(nn.Module):
         super().__init__()
         self.bert = bert
 
-    def forward(self, input_ids, token_type_ids, attention_mask, labels, next_sentence_label,
-                mlm_denominator: float = 0.0, nsp_denominator: float = 0.0) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, token_type_ids, attention_mask, next_sentence_label, mlm_positions, mlm_labels,
+                mlm_denominator=None, nsp_denominator=None, labels=None) -> dict[str, torch.Tensor]:
         """Summed losses and hit counts; ``loss`` divides the sums by the given denominators.
 
         Dividing by the global token count (rather than each micro-batch's own mean) makes
-        gradient accumulation over k micro-batches equal to one k-times larger batch.
+        gradient accumulation over k micro-batches equal to one k-times larger batch. Every
+        shape is static and nothing is read back to the host: no step waits on the device.
+        ``labels`` (B, S) is accepted and unused: ``mlm_positions``/``mlm_labels`` carry it.
         """
         seq, pooled = self.bert.bert(input_ids=input_ids, token_type_ids=token_type_ids,
-                                     attention_mask=attention_mask, return_dict=False)[:2]
-        selected = labels != -100
-        targets = labels[selected]
-        logits = self.bert.cls.predictions(seq[selected]).float()
-        mlm_sum = F.cross_entropy(logits, targets, reduction="sum")
+                                     attention_mask=self.extended_mask(attention_mask), return_dict=False)[:2]
+        index = mlm_positions.unsqueeze(-1).expand(-1, -1, seq.shape[-1])
+        logits = self.bert.cls.predictions(seq.gather(1, index)).float().flatten(0, 1)
+        targets = mlm_labels.flatten()
+        mlm_sum = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
         nsp_logits = self.bert.cls.seq_relationship(pooled).float()
         nsp_sum = F.cross_entropy(nsp_logits, next_sentence_label, reduction="sum")
-        mlm_den = mlm_denominator or max(targets.numel(), 1)
-        nsp_den = nsp_denominator or max(next_sentence_label.numel(), 1)
+        real = targets != -100
+        mlm_count = real.sum()
+        mlm_den = mlm_count.clamp(min=1) if mlm_denominator is None else mlm_denominator
+        nsp_den = next_sentence_label.numel() if nsp_denominator is None else nsp_denominator
         return {"loss": mlm_sum / mlm_den + nsp_sum / nsp_den,
                 "mlm_sum": mlm_sum.detach(), "nsp_sum": nsp_sum.detach(),
-                "mlm_correct": (logits.argmax(-1) == targets).sum(),
+                "mlm_correct": ((logits.argmax(-1) == targets) & real).sum(),
                 "nsp_correct": (nsp_logits.argmax(-1) == next_sentence_label).sum(),
-                "mlm_count": torch.tensor(targets.numel()), "nsp_count": torch.tensor(next_sentence_label.numel())}
+                "mlm_count": mlm_count, "nsp_count": torch.tensor(next_sentence_label.numel(), device=pooled.device)}
+
+    def extended_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The padding mask as the 4D mask attention uses. Given ready-made, transformers 5
+        skips its own ``mask.all()`` check, a host sync per forward (4.x takes the 2D mask)."""
+        if not _TAKES_4D_MASK:
+            return attention_mask
+        keep = attention_mask[:, None, None, :].bool()
+        if self.bert.config._attn_implementation == "sdpa":
+            return keep
+        return (~keep).float() * torch.finfo(torch.float32).min
+
+
+_TAKES_4D_MASK = int(transformers.__version__.split(".")[0]) >= 5
 
 
 def build_model(config: BertConfig) -> PreTrainingModel:
@@ -87,9 +106,11 @@ def train_flops(config: BertConfig, tokens: int, seq_len: int, masked: int, full
     return 3.0 * forward
 
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, for MFU.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12,
-              "L40S": 362e12, "V100": 125e12, "A6000": 155e12, "4090": 165e12}
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, for MFU; the first key found in
+# the name wins, so the H100's PCIe (756) and NVL (835) parts come before SXM's 989.
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12),
+              ("A100", 312e12), ("A10G", 125e12), ("L40S", 362e12), ("L4", 121e12), ("V100", 125e12),
+              ("A6000", 155e12), ("4090", 165e12)]
 
 
 def device_peak_flops(device: torch.device) -> float | None:
@@ -97,4 +118,4 @@ def device_peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_FLOPS.items() if key in name), None)
+    return next((peak for key, peak in PEAK_FLOPS if key in name), None)

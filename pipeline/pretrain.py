@@ -21,14 +21,16 @@ import torch
 from tqdm import tqdm
 
 from pipeline import checkpoint as ckpt
+from pipeline import launch_plan
 from pipeline.config import fail, option, to_dict
 from pipeline.data import MLMNSPCollator, epoch_order, load_pretraining_dataset, load_tokenizer, micro_batch_indices, pretraining_manifest
-from pipeline.distributed import StopFlag, all_reduce_sum, distributed_type, fill_deepspeed_auto, is_deepspeed, launch_rank, make_accelerator
+from pipeline.distributed import StopFlag, all_reduce_sum, deepspeed_stage, distributed_type, fill_deepspeed_auto, is_deepspeed, launch_rank, make_accelerator, offloads_optimizer
 from pipeline.errors import PipelineError
 from pipeline.export import full_state_dict, save_hf
 from pipeline.model import PRESETS, bert_config, build_model, device_peak_flops, train_flops
 from pipeline.optim import build_optimizer, lr_factor
 from pipeline.shards import atomic_write_json, output_fingerprint, verify_checksums
+from pipeline.step import MODEL_INPUTS, TALLIES, Meter, host_counts, train_step
 from pipeline.tokenizer import tokenizer_hash
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGUSR1/SIGTERM after a checkpoint; requeue to resume
@@ -39,7 +41,7 @@ class ModelArgs:
     size: str = option("tiny", "size preset", choices=tuple(PRESETS))
     dropout: float = option(0.1, "hidden and attention dropout", bounds="[0, 1)")
     attention: str = option("sdpa", "attention kernel (sdpa: PyTorch fused attention)", choices=("sdpa", "eager"))
-    compile: bool = option(False, "torch.compile the model")
+    compile: str = option("auto", "torch.compile the model after accelerate.prepare (auto: on CUDA)", choices=("auto", "on", "off"))
 
 
 @dataclass
@@ -61,10 +63,11 @@ class TrainArgs:
     max_steps: int = option(1000, "optimizer steps to train", bounds="[1, inf)")
     global_batch_size: int = option(256, "sequences per optimizer step, kept whatever the number of processes", bounds="[1, inf)")
     micro_batch_size: int = option(32, "sequences per process per forward pass", bounds="[1, inf)")
-    precision: str = option("no", "mixed precision", choices=("no", "bf16", "fp16"))
+    precision: str = option("auto", "mixed precision (auto: bf16 on GPUs that have it, else no)", choices=("auto", "no", "bf16", "fp16"))
     mlm_probability: float = option(0.15, "share of real tokens masked", bounds="(0, 1)")
     whole_word_mask: bool = option(False, "mask all pieces of a word together")
-    num_workers: int = option(1, "data-loading worker processes per rank", bounds="[0, inf)")
+    num_workers: int = option(-1, "data-loading worker processes per rank (-1: 4 on a GPU, 1 on CPU)", bounds="[-1, inf)")
+    pad_buckets: int = option(3, "pad batches to one of this many lengths (max_seq_len, half, quarter...) so compiled steps see few shapes; 0: to the longest example", bounds="[0, 8]")
     log_every: int = option(10, "steps between TensorBoard scalars", bounds="[1, inf)")
     max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps", bounds="[0, inf)")
 
@@ -90,6 +93,7 @@ class Config:
     output: str = option(help="run directory: checkpoints/, tensorboard/, model/, run_info.json")
     seed: int = option(0, "seed of initialization, data order and masking", bounds="[0, inf)")
     resume: str = option("auto", "auto: latest valid checkpoint in output; never; or a checkpoint path")
+    dry_run: bool = option(False, "print world size, batch arithmetic, tokens, FLOPs and memory per step, then exit")
     model: ModelArgs = field(default_factory=ModelArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
@@ -112,7 +116,7 @@ class Config:
 ALIASES = {"--data": "data", "--output": "output", "--model-size": "model.size", "--max-steps": "train.max_steps",
            "--save-every": "checkpoint.save_every", "--seed": "seed", "--resume": "resume",
            "--precision": "train.precision", "--global-batch-size": "train.global_batch_size",
-           "--micro-batch-size": "train.micro_batch_size", "--lr": "optim.lr"}
+           "--micro-batch-size": "train.micro_batch_size", "--lr": "optim.lr", "--dry-run": "dry_run"}
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -139,8 +143,11 @@ class StepBatches(torch.utils.data.Dataset):
 
 
 def setup(cfg: Config):
-    """Launch topology, batch arithmetic and the DeepSpeed "auto" values."""
-    probe = make_accelerator(cfg.train.precision, 1)
+    """Launch topology, batch arithmetic, precision and the DeepSpeed "auto" values."""
+    precision = resolved_precision(cfg.train.precision)
+    if torch.cuda.is_available():  # TF32 for whatever still runs in fp32 (Ampere and later)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    probe = make_accelerator(precision, 1)
     world = probe.num_processes
     per_step = cfg.train.micro_batch_size * world
     if cfg.train.global_batch_size % per_step:
@@ -149,15 +156,80 @@ def setup(cfg: Config):
     accum = cfg.train.global_batch_size // per_step
     probe.gradient_accumulation_steps = accum
     probe.gradient_state.plugin_kwargs["num_steps"] = accum
-    stage = fill_deepspeed_auto(probe, cfg.train.micro_batch_size, accum, cfg.optim.clip_grad_norm, cfg.train.precision)
+    stage = fill_deepspeed_auto(probe, cfg.train.micro_batch_size, accum, cfg.optim.clip_grad_norm, precision)
+    if stage >= 0 and cfg.optim.name == "lamb":
+        raise PipelineError("optim.name lamb is refused under DeepSpeed: ZeRO hands the optimizer flattened partitions, "
+                            "so LAMB's per-layer trust ratios would be wrong; use optim.name adamw with DeepSpeed, "
+                            "or LAMB with a plain (DDP) launch")
     return probe, accum, stage
 
 
-def run_info(accelerator, cfg: Config, accum: int, stage: int) -> dict:
+def resolved_precision(precision: str) -> str:
+    """"auto": bf16 where the GPU has it, else full precision."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def compile_model(model, cfg: Config, accelerator):
+    """``torch.compile`` after ``accelerator.prepare`` (so DDP overlaps gradient communication
+    with the backward), on by default on CUDA; DeepSpeed engines are left as they are."""
+    on = cfg.model.compile == "on" or (cfg.model.compile == "auto" and accelerator.device.type == "cuda")
+    if not on or is_deepspeed(accelerator):
+        return model
+    return torch.compile(model)
+
+
+def buckets(cfg: Config, manifest: dict) -> tuple[int, ...] | None:
+    """The few padded lengths batches take (max_seq_len, half of it, ...), or None: pad to
+    the longest example."""
+    n, top = cfg.train.pad_buckets, manifest["max_seq_len"]
+    return tuple(sorted({max(8, top >> i) for i in range(n)})) if n else None
+
+
+def loader_workers(cfg: Config, accelerator) -> int:
+    """Data-loading processes per rank: "auto" (-1) is 4 on a GPU, 1 on CPU."""
+    if cfg.train.num_workers >= 0:
+        return cfg.train.num_workers
+    return 4 if accelerator.device.type == "cuda" else 1
+
+
+def log_metrics(writer, bar, window: dict, seconds: float, scheduler, state: dict, peak: float | None, world: int) -> dict:
+    """TensorBoard scalars and the progress line for the steps since the last log."""
+    if writer is None:
+        return {}
+    mlm, nsp = max(window["mlm_count"], 1), max(window["nsp_count"], 1)
+    m = {"loss/total": window["mlm_sum"] / mlm + window["nsp_sum"] / nsp, "loss/mlm": window["mlm_sum"] / mlm,
+         "loss/nsp": window["nsp_sum"] / nsp, "accuracy/mlm": window["mlm_correct"] / mlm,
+         "accuracy/nsp": window["nsp_correct"] / nsp, "optim/lr": scheduler.get_last_lr()[0],
+         "optim/grad_norm": window["grad_norm"], "optim/skipped_steps": state["skipped_steps"],
+         "perf/tokens_per_second": window["tokens"] / max(seconds, 1e-9),
+         "perf/flops_per_second": window["flops"] / max(seconds, 1e-9)}
+    if peak:
+        m["perf/mfu"] = m["perf/flops_per_second"] / (peak * world)
+    for k, v in m.items():
+        writer.add_scalar(k, v, state["step"])
+    bar.set_postfix(loss=f"{m['loss/total']:.3f}", mlm_acc=f"{m['accuracy/mlm']:.3f}", lr=f"{m['optim/lr']:.2e}")
+    return m
+
+
+def innermost(optimizer) -> str:
+    """The optimizer class that does the update, under Accelerate's and ZeRO's wrappers."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return type(optimizer).__name__
+
+
+def run_info(accelerator, cfg: Config, accum: int, stage: int, optimizer_name: str) -> dict:
+    import importlib.metadata
+
     import accelerate
-    import deepspeed
     import transformers
 
+    try:  # a GPU image may lack DeepSpeed: only its launches need it
+        ds_version = importlib.metadata.version("deepspeed")
+    except importlib.metadata.PackageNotFoundError:
+        ds_version = None
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
@@ -165,11 +237,11 @@ def run_info(accelerator, cfg: Config, accum: int, stage: int) -> dict:
         rev = None
     return {"world_size": accelerator.num_processes, "distributed_type": distributed_type(accelerator),
             "backend": str(getattr(accelerator.state, "backend", None)),
-            "mixed_precision": cfg.train.precision, "deepspeed_stage": stage if stage >= 0 else None,
+            "mixed_precision": str(accelerator.mixed_precision), "deepspeed_stage": stage if stage >= 0 else None,
             "global_batch_size": cfg.train.global_batch_size, "micro_batch_size": cfg.train.micro_batch_size,
-            "gradient_accumulation_steps": accum, "device": str(accelerator.device),
+            "gradient_accumulation_steps": accum, "device": str(accelerator.device), "optimizer": optimizer_name,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "accelerate": accelerate.__version__, "deepspeed": deepspeed.__version__},
+                         "accelerate": accelerate.__version__, "deepspeed": ds_version},
             "git_revision": rev, "config": to_dict(cfg)}
 
 
@@ -275,18 +347,17 @@ def evaluate(accelerator, model, valid, collator: MLMNSPCollator, cfg: Config) -
     bs = cfg.eval.batch_size
     total = min(cfg.eval.batches, math.ceil(len(valid) / bs))
     per_rank = math.ceil(total / accelerator.num_processes)
-    sums = [0.0] * 6
-    model.eval()
+    meter = Meter(accelerator.device)
+    model.train(False)
     for j in range(per_rank):  # every rank runs the same number of forwards (ZeRO-3 needs it)
         b = accelerator.process_index + j * accelerator.num_processes
-        weight = 1.0 if b < total else 0.0
-        b %= total
-        batch = collator([valid[i] for i in range(b * bs, min(len(valid), (b + 1) * bs))])
-        out = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
-        for i, key in enumerate(("mlm_sum", "mlm_correct", "mlm_count", "nsp_sum", "nsp_correct", "nsp_count")):
-            sums[i] += weight * float(out[key])
-    model.train()
-    mlm_sum, mlm_correct, mlm_count, nsp_sum, nsp_correct, nsp_count = all_reduce_sum(accelerator, sums)
+        batch = collator([valid[i] for i in range(b % total * bs, min(len(valid), (b % total + 1) * bs))])
+        out = model(**{k: batch[k].to(accelerator.device) for k in MODEL_INPUTS})
+        if b < total:  # the rest only keep ranks in step
+            meter.add(out)
+    model.train(True)
+    sums = meter.flush(accelerator, False)
+    mlm_sum, mlm_correct, mlm_count, nsp_sum, nsp_correct, nsp_count = (sums[k] for k in TALLIES)
     mlm_loss = mlm_sum / max(mlm_count, 1)
     return {"mlm_loss": mlm_loss, "perplexity": math.exp(min(mlm_loss, 50)), "mlm_accuracy": mlm_correct / max(mlm_count, 1),
             "nsp_loss": nsp_sum / max(nsp_count, 1), "nsp_accuracy": nsp_correct / max(nsp_count, 1)}
@@ -295,6 +366,9 @@ def evaluate(accelerator, model, valid, collator: MLMNSPCollator, cfg: Config) -
 def run(cfg: Config) -> int:
     """Train; a failure leaves ``status.json`` "failed", so no script takes an earlier
     attempt's "finished" or "preempted" for this one's."""
+    if cfg.dry_run:
+        print(launch_plan.show(launch_plan.plan(cfg, zero_stage=deepspeed_stage())))
+        return 0
     try:
         return train(cfg)
     except Exception as err:
@@ -333,12 +407,10 @@ def train(cfg: Config) -> int:
     if not is_deepspeed(accelerator):
         model.to(accelerator.device)
     optimizer = build_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
-                                (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps)
+                                (cfg.optim.beta1, cfg.optim.beta2), cfg.optim.eps, offloads_optimizer(accelerator))
     warmup = int(cfg.optim.warmup_ratio * cfg.train.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, warmup, cfg.train.max_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio))
-    if cfg.model.compile:
-        model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     # --- resume
     state = {"step": 0, "tokens_seen": 0, "world_size": world, "global_batch_size": cfg.train.global_batch_size,
@@ -349,17 +421,20 @@ def train(cfg: Config) -> int:
         state.update(world_size=world, restarts=state.get("restarts", 0) + 1, run=run)
         if main:
             print(f"pretrain: resumed from {resume_from} at step {state['step']}", file=sys.stderr)
-    info = run_info(accelerator, cfg, accum, stage)
+    info = run_info(accelerator, cfg, accum, stage, innermost(optimizer))
     if main:
         atomic_write_json(out / "run_info.json", dict(info, resumed_from=str(resume_from) if resume_from else None))
         write_status(out, "running", state["step"])
     # --- loop
-    collator = MLMNSPCollator(tokenizer, cfg.train.mlm_probability, cfg.seed, cfg.train.whole_word_mask)
-    eval_collator = MLMNSPCollator(tokenizer, cfg.train.mlm_probability, cfg.seed + 1, cfg.train.whole_word_mask)
+    forward = compile_model(model, cfg, accelerator)
+    collator, eval_collator = (MLMNSPCollator(tokenizer, cfg.train.mlm_probability, seed, cfg.train.whole_word_mask,
+                                              max_seq_len=manifest["max_seq_len"], buckets=buckets(cfg, manifest))
+                               for seed in (cfg.seed, cfg.seed + 1))
+    workers = loader_workers(cfg, accelerator)
     batches = iter(torch.utils.data.DataLoader(
         StepBatches(train_ds, collator, cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, accum, rank, world),
         batch_size=None, sampler=range(state["step"] * accum, cfg.train.max_steps * accum),
-        num_workers=cfg.train.num_workers, prefetch_factor=4 if cfg.train.num_workers else None,
+        num_workers=workers, prefetch_factor=4 if workers else None, pin_memory=accelerator.device.type == "cuda",
         worker_init_fn=StopFlag.ignore_in_worker, generator=torch.Generator().manual_seed(cfg.seed)))  # leaves the global (dropout) RNG untouched
     writer = None
     if main:
@@ -371,66 +446,42 @@ def train(cfg: Config) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="pretrain", disable=not main or None,
                file=sys.stderr, dynamic_ncols=True)
-    window = [0.0] * 8  # loss sums, hits and counts since the last log
+    meter, window = Meter(accelerator.device), {}
     t_log, preempted, last_saved, metrics = time.time(), False, -1, {}
     while state["step"] < cfg.train.max_steps:
         micro = [next(batches) for _ in range(accum)]
-        masked = float(sum(int((b["labels"] != -100).sum()) for b in micro))
-        real = float(sum(int(b["attention_mask"].sum()) for b in micro))
-        global_masked, global_real, stop_now = all_reduce_sum(accelerator, [masked, real, float(stop.raised != 0)])
-        if stop_now:
-            preempted = True
-            break
-        mlm_den = max(global_masked, 1.0) / (world * accum)
-        nsp_den = cfg.train.global_batch_size / (world * accum)
-        step_sums, grad_norm = [0.0] * 4, None
-        for b in micro:
-            b = {k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()}
-            with accelerator.accumulate(model):
-                res = model(**b, mlm_denominator=mlm_den, nsp_denominator=nsp_den)
-                accelerator.backward(res["loss"])
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.optim.clip_grad_norm or float("inf"))
-                    if grad_norm is None or is_deepspeed(accelerator) or torch.isfinite(grad_norm):
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            for i, key in enumerate(("mlm_sum", "mlm_correct", "nsp_sum", "nsp_correct")):
-                step_sums[i] += float(res[key])
+        masked, real, length = host_counts(micro)
+        meter.add_host(real, train_flops(bert_cfg, real, length, masked))
+        train_step(accelerator, model, forward, optimizer, micro, masked, meter, params, cfg.optim.clip_grad_norm,
+                   cfg.train.global_batch_size)
         scheduler.step()
-        sums = all_reduce_sum(accelerator, step_sums)
-        loss = sums[0] / max(global_masked, 1) + sums[2] / cfg.train.global_batch_size
-        finite = math.isfinite(loss) and (grad_norm is None or math.isfinite(float(grad_norm)))
-        state["bad_steps"] = 0 if finite and not accelerator.optimizer_step_was_skipped else state["bad_steps"] + 1
-        if state["bad_steps"] > cfg.train.max_bad_steps:
-            raise PipelineError(f"training diverged: {state['bad_steps']} non-finite steps in a row at step {state['step']}; "
-                                f"lower optim.lr, raise optim.warmup_ratio, or use train.precision bf16 instead of fp16")
         state["step"] += 1
-        state["tokens_seen"] += int(global_real)
-        for i, v in enumerate(sums + [global_masked, cfg.train.global_batch_size, global_real]):
-            window[i] += v
-        window[7] += train_flops(bert_cfg, int(global_real), micro[0]["input_ids"].shape[1], int(global_masked))
         bar.update(1)
-        if main and (state["step"] % cfg.train.log_every == 0 or state["step"] == cfg.train.max_steps):
-            dt = max(time.time() - t_log, 1e-9)
-            m = {"loss/total": window[0] / max(window[4], 1) + window[2] / max(window[5], 1),
-                 "loss/mlm": window[0] / max(window[4], 1), "loss/nsp": window[2] / max(window[5], 1),
-                 "accuracy/mlm": window[1] / max(window[4], 1), "accuracy/nsp": window[3] / max(window[5], 1),
-                 "optim/lr": scheduler.get_last_lr()[0],
-                 "optim/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                 "perf/tokens_per_second": window[6] / dt, "perf/flops_per_second": window[7] / dt}
-            if peak:
-                m["perf/mfu"] = window[7] / dt / (peak * world)
-            for k, v in m.items():
-                writer.add_scalar(k, v, state["step"])
-            bar.set_postfix(loss=f"{m['loss/total']:.3f}", mlm_acc=f"{m['accuracy/mlm']:.3f}", lr=f"{m['optim/lr']:.2e}")
-            metrics = m
-            window, t_log = [0.0] * 8, time.time()
-        if cfg.eval.every and state["step"] % cfg.eval.every == 0 and state["step"] < cfg.train.max_steps:
-            ev = evaluate(accelerator, model, valid_ds, eval_collator, cfg)
+        last = state["step"] == cfg.train.max_steps
+        saving = cfg.checkpoint.save_every and state["step"] % cfg.checkpoint.save_every == 0
+        evaluating = cfg.eval.every and state["step"] % cfg.eval.every == 0 and not last
+        if state["step"] % cfg.train.log_every and not (last or saving or evaluating):
+            continue  # between flushes nothing waits on the device
+        totals = meter.flush(accelerator, stop.raised != 0)
+        state["tokens_seen"] += int(totals["tokens"])
+        state["skipped_steps"] = state.get("skipped_steps", 0) + int(totals["skipped"])
+        if totals["worst_run"] > cfg.train.max_bad_steps:
+            raise PipelineError(f"training diverged: {int(totals['worst_run'])} non-finite steps in a row by step {state['step']}; "
+                                f"lower optim.lr, raise optim.warmup_ratio, or use train.precision bf16 instead of fp16")
+        for k, v in totals.items():
+            window[k] = window.get(k, 0.0) + v if k not in ("grad_norm", "worst_run", "stop") else v
+        if state["step"] % cfg.train.log_every == 0 or last:
+            metrics = log_metrics(writer, bar, window, time.time() - t_log, scheduler, state, peak, world)
+            window, t_log = {}, time.time()
+        if evaluating:
+            ev = evaluate(accelerator, forward, valid_ds, eval_collator, cfg)
             if main:
                 for k, v in ev.items():
                     writer.add_scalar(f"eval/{k}", v, state["step"])
-        if cfg.checkpoint.save_every and state["step"] % cfg.checkpoint.save_every == 0:
+        if totals["stop"]:
+            preempted = True
+            break
+        if saving:
             if writer:
                 writer.flush()  # what the checkpoint covers is on disk before it exists
             save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)

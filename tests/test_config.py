@@ -115,3 +115,4 @@ def test_deepspeed_json_is_valid_once_auto_is_filled(name):
     data["bf16"]["enabled"], data["fp16"]["enabled"] = True, False
     cfg = DeepSpeedConfig(data)
     assert cfg.zero_optimization_stage == int(name[4])
+    assert cfg.grad_accum_dtype == "fp32"  # bf16 accumulation over many micro-batches loses updates

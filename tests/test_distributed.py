@@ -102,3 +102,20 @@ def test_deepspeed_with_accelerate_use_cpu_is_refused(sample_data, tmp_path):
     ds = ["--use_deepspeed", "--deepspeed_config_file", ROOT / "ds_configs" / "zero2.json", "--num_processes", 2]
     with pytest.raises(AssertionError, match="ACCELERATE_USE_CPU=true turns a DeepSpeed launch into plain DDP"):
         launch(ds, stage_args(sample_data["shards"], tmp_path / "x", 2), env=child_env(ACCELERATE_USE_CPU="true"))
+
+
+def test_zero3_offload_steps_with_deepspeed_cpu_adam(sample_data, tmp_path):
+    out = tmp_path / "offload"
+    ds = ["--use_deepspeed", "--deepspeed_config_file", ROOT / "ds_configs" / "zero3_offload.json", "--num_processes", 2]
+    launch(ds, stage_args(sample_data["shards"], out, 4, "--checkpoint.export_hf", "false"))
+    info = run_info(out)
+    assert (info["deepspeed_stage"], info["optimizer"]) == (3, "DeepSpeedCPUAdam")
+    assert json.loads((out / "status.json").read_text())["state"] == "finished"
+
+
+def test_lamb_under_zero_is_refused_in_one_line(sample_data, tmp_path):
+    ds = ["--use_deepspeed", "--deepspeed_config_file", ROOT / "ds_configs" / "zero2.json", "--num_processes", 1]
+    with pytest.raises(AssertionError) as failed:
+        launch(ds, stage_args(sample_data["shards"], tmp_path / "lamb", 2, "--optim.name", "lamb"))
+    assert "error: optim.name lamb is refused under DeepSpeed" in str(failed.value)
+    assert "Traceback" not in str(failed.value).split("exited")[1].split("error:")[0]

@@ -1,0 +1,70 @@
+"""``kowiki-bert pretrain --dry-run``: the launch arithmetic, resolved before a GPU is held.
+
+World size, accumulation, batch sizes, tokens and FLOPs per step and a memory estimate per
+GPU, from the config, the launcher's ``WORLD_SIZE`` and the shards' manifest (or BERT's
+defaults when the shards do not exist yet). It creates no process group and touches no GPU,
+so every launch line can be checked on a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.model import bert_config, count_params, train_flops
+
+GIB = 1024**3
+
+
+def plan(cfg, world: int | None = None, zero_stage: int = -1) -> dict:
+    """The resolved launch of ``cfg`` (a pretrain Config) on ``world`` processes."""
+    world = world or int(os.environ.get("WORLD_SIZE", "1"))
+    t = cfg.train
+    per_step = t.micro_batch_size * world
+    if t.global_batch_size % per_step:
+        raise PipelineError(f"train.global_batch_size={t.global_batch_size} is not a multiple of micro_batch_size x "
+                            f"processes = {t.micro_batch_size} x {world}; change one of them")
+    manifest_file = Path(cfg.data) / "manifest.json"
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+    seq, vocab = manifest.get("max_seq_len", 128), manifest.get("vocab_size", 32000)
+    bert = bert_config(cfg.model.size, vocab, max(512, seq))
+    slots = -(-max(1, round(seq * t.mlm_probability)) // 8) * 8
+    tokens = t.global_batch_size * seq
+    dense, embed = count_params(bert)
+    return {"world_size": world, "gradient_accumulation_steps": t.global_batch_size // per_step,
+            "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size, "seq_len": seq,
+            "assumed_shape": not manifest, "tokens_per_step": tokens, "parameters": dense + embed,
+            "flops_per_step": train_flops(bert, tokens, seq, round(t.global_batch_size * seq * t.mlm_probability)),
+            "memory_gib_per_gpu": memory_per_gpu(bert, t.micro_batch_size, seq, slots, world, zero_stage)}
+
+
+def memory_per_gpu(bert, micro: int, seq: int, slots: int, world: int, zero_stage: int) -> dict:
+    """Bytes per GPU, in GiB: fp32 weights, gradients and Adam moments (16 B a parameter, the
+    ZeRO stage dividing what it partitions) plus 16-bit activations (Korthikanti et al. 2022:
+    34·s·b·h + 5·a·s²·b bytes per layer) and the fp32 MLM logits of the masked slots."""
+    dense, embed = count_params(bert)
+    p = dense + embed
+    weights, grads, adam = 4 * p, 4 * p, 8 * p
+    if zero_stage >= 1:
+        adam /= world
+    if zero_stage >= 2:
+        grads /= world
+    if zero_stage >= 3:
+        weights /= world
+    h, a, layers = bert.hidden_size, bert.num_attention_heads, bert.num_hidden_layers
+    activations = layers * (34 * seq * micro * h + 5 * a * seq * seq * micro) + 2 * 4 * micro * slots * bert.vocab_size
+    return {"weights": weights / GIB, "gradients": grads / GIB, "optimizer": adam / GIB,
+            "activations": activations / GIB, "total": (weights + grads + adam + activations) / GIB}
+
+
+def show(p: dict) -> str:
+    mem = p["memory_gib_per_gpu"]
+    shape = " (no shards yet: assuming seq 128, vocab 32000)" if p["assumed_shape"] else ""
+    return (f"pretrain dry run: {p['world_size']} process(es) x micro-batch {p['micro_batch_size']} x "
+            f"{p['gradient_accumulation_steps']} accumulation = global batch {p['global_batch_size']} sequences{shape}\n"
+            f"  seq {p['seq_len']}: {p['tokens_per_step']:,} tokens and {p['flops_per_step'] / 1e15:.2f} PFLOP per step; "
+            f"{p['parameters'] / 1e6:.1f}M parameters\n"
+            f"  memory per GPU, estimated: {mem['total']:.1f} GiB (weights {mem['weights']:.2f}, gradients "
+            f"{mem['gradients']:.2f}, optimizer {mem['optimizer']:.2f}, activations {mem['activations']:.2f})")
