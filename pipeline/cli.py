@@ -8,6 +8,7 @@ Every field is also settable as ``--dotted.name value``; ``--config FILE.yaml`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import importlib
 import sys
@@ -50,12 +51,14 @@ def _parser(prog: str, module) -> argparse.ArgumentParser:
         flags = by_field.get(dotted, []) + [f"--{dotted}"]
         if f"--{dotted.replace('_', '-')}" not in flags:
             flags.append(f"--{dotted.replace('_', '-')}")
-        default = None if f.default is f.default_factory else f.default
+        default = None if f.default is dataclasses.MISSING else f.default  # required, or a factory's
         help_text = f.metadata.get("help", "")
         if f.metadata.get("choices"):
             help_text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
-        if default is not None and not isinstance(default, type(f.default_factory)):
-            help_text += f" [default: {default}]"
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        if default is not None and default != []:
+            help_text += f" [default: {','.join(map(str, default)) if isinstance(default, list) else default}]"
         if f.metadata.get("bounds"):
             help_text += f" [range: {show_bounds(f.metadata['bounds'])}]"
         kwargs = dict(dest=dotted, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
@@ -125,6 +128,11 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None, prog: str | 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from importlib.metadata import version
+
+        print(f"kowiki-bert {version('kowiki-bert')}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: kowiki-bert STAGE [options]\n\nstages:")
         for name, (_, about) in STAGES.items():

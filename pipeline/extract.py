@@ -14,12 +14,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline import corpus, shards
 from pipeline.config import fail, option, to_dict
 from pipeline.parallel import ordered_map
 from pipeline.pii import scrub
+from pipeline.progress import Progress
 from pipeline.readers import InputError, RawPage, detect_format, read_pages
 from pipeline.textnorm import normalize, split_sentences
 from pipeline.wikitext import clean_wikitext, is_redirect_text
@@ -156,7 +155,7 @@ def run(cfg: Config) -> dict:
     stats: dict[int, Counter] = {}
     docs, dropped, pii, kept_hashes = [], Counter(), Counter(), set()
     written = skipped = 0
-    bar = tqdm(desc="extract", unit=" pages", disable=None, file=sys.stderr)
+    bar = Progress("extract", "pages cleaned")
     for tag, value in ordered_map(clean_chunk, plan(read_pages(src, fmt), cfg, config_hash, build, stats), cfg.num_proc):
         if tag == "task":
             chunk_docs, chunk_dropped, chunk_pii = value

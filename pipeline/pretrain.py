@@ -29,6 +29,7 @@ from pipeline.errors import PipelineError
 from pipeline.export import full_state_dict, save_hf
 from pipeline.model import PRESETS, bert_config, build_model, device_peak_flops, train_flops
 from pipeline.optim import build_optimizer, lr_factor
+from pipeline.progress import duration
 from pipeline.shards import atomic_write_json, output_fingerprint, verify_checksums
 from pipeline.step import MODEL_INPUTS, TALLIES, Meter, host_counts, train_step
 from pipeline.tokenizer import tokenizer_hash
@@ -194,8 +195,10 @@ def loader_workers(cfg: Config, accelerator) -> int:
     return 4 if accelerator.device.type == "cuda" else 1
 
 
-def log_metrics(writer, bar, window: dict, seconds: float, scheduler, state: dict, peak: float | None, world: int) -> dict:
-    """TensorBoard scalars and the progress line for the steps since the last log."""
+def log_metrics(writer, bar, window: dict, seconds: float, steps: int, scheduler, state: dict, cfg: Config,
+                peak: float | None, world: int) -> dict:
+    """TensorBoard scalars and the progress bar, or a console line when stderr is a file (a
+    SLURM log, where tqdm stays silent), for the ``steps`` since the last log."""
     if writer is None:
         return {}
     mlm, nsp = max(window["mlm_count"], 1), max(window["nsp_count"], 1)
@@ -210,6 +213,12 @@ def log_metrics(writer, bar, window: dict, seconds: float, scheduler, state: dic
     for k, v in m.items():
         writer.add_scalar(k, v, state["step"])
     bar.set_postfix(loss=f"{m['loss/total']:.3f}", mlm_acc=f"{m['accuracy/mlm']:.3f}", lr=f"{m['optim/lr']:.2e}")
+    if not sys.stderr.isatty():
+        eta = duration(seconds / max(steps, 1) * (cfg.train.max_steps - state["step"]))
+        mfu = f", MFU {m['perf/mfu']:.1%}" if "perf/mfu" in m else ""
+        print(f"pretrain: step {state['step']}/{cfg.train.max_steps}, loss {m['loss/total']:.4f} (MLM {m['loss/mlm']:.4f}, "
+              f"NSP {m['loss/nsp']:.4f}), MLM acc {m['accuracy/mlm']:.3f}, NSP acc {m['accuracy/nsp']:.3f}, "
+              f"lr {m['optim/lr']:.2e}, {m['perf/tokens_per_second']:,.0f} tokens/s{mfu}, ETA {eta}", file=sys.stderr, flush=True)
     return m
 
 
@@ -272,6 +281,7 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict, cfg: 
     if accelerator.is_main_process:
         ckpt.seal(tmp, final)
         ckpt.prune(root, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every, state["run"])
+        print(f"pretrain: checkpoint {final}", file=sys.stderr, flush=True)
     accelerator.wait_for_everyone()
     return final
 
@@ -447,7 +457,7 @@ def train(cfg: Config) -> int:
     bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="pretrain", disable=not main or None,
                file=sys.stderr, dynamic_ncols=True)
     meter, window = Meter(accelerator.device), {}
-    t_log, preempted, last_saved, metrics = time.time(), False, -1, {}
+    t_log, logged_at, preempted, last_saved, metrics = time.time(), state["step"], False, -1, {}
     while state["step"] < cfg.train.max_steps:
         micro = [next(batches) for _ in range(accum)]
         masked, real, length = host_counts(micro)
@@ -471,13 +481,16 @@ def train(cfg: Config) -> int:
         for k, v in totals.items():
             window[k] = window.get(k, 0.0) + v if k not in ("grad_norm", "worst_run", "stop") else v
         if state["step"] % cfg.train.log_every == 0 or last:
-            metrics = log_metrics(writer, bar, window, time.time() - t_log, scheduler, state, peak, world)
-            window, t_log = {}, time.time()
+            metrics = log_metrics(writer, bar, window, time.time() - t_log, state["step"] - logged_at, scheduler, state,
+                                  cfg, peak, world)
+            window, t_log, logged_at = {}, time.time(), state["step"]
         if evaluating:
             ev = evaluate(accelerator, forward, valid_ds, eval_collator, cfg)
             if main:
                 for k, v in ev.items():
                     writer.add_scalar(f"eval/{k}", v, state["step"])
+                print(f"pretrain: eval at step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()),
+                      file=sys.stderr, flush=True)
         if totals["stop"]:
             preempted = True
             break

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
 from pipeline import shards
 from pipeline.config import fail, option, to_dict
@@ -29,6 +28,7 @@ from pipeline.corpus import corpus_files
 from pipeline.errors import PipelineError
 from pipeline.nsp import NOT_NEXT, document_pairs
 from pipeline.parallel import ordered_map
+from pipeline.progress import Progress
 from pipeline.shards import read_manifest
 from pipeline.tokenizer import check_tokenizer_dir
 
@@ -110,6 +110,7 @@ def build_chunk(task) -> dict:
                 pairs += document_pairs(members, i, cfg.max_seq_len, cfg.short_seq_prob, rng)
         out[split] = _pack(pairs)
     out["tokens_in"] = sum(map(len, encoded))
+    out["documents"] = len(docs)
     return out
 
 
@@ -179,7 +180,7 @@ def run(cfg: Config) -> dict:
     t0, seen, written, skipped = time.time(), [0], 0, 0
     parts: dict[str, list] = {s: [] for s in SPLITS}
     tokens_in = 0
-    bar = tqdm(desc="shard", unit=" docs", disable=None, file=sys.stderr)
+    bar = Progress("shard", "documents", total=sum(rec["counts"].get("kept", 0) for rec in corpus_manifest["shards"]))
     work = plan(read_documents(files), cfg, config_hash, build, seen)
     for tag, value in ordered_map(build_chunk, work, cfg.num_proc, _init_worker,
                                   (str(tok_dir / "tokenizer.json"), cfg)):
@@ -187,7 +188,7 @@ def run(cfg: Config) -> dict:
             for s in SPLITS:
                 parts[s].append(value[s])
             tokens_in += value["tokens_in"]
-            bar.update(cfg.chunk_docs)
+            bar.update(value["documents"])
             continue
         shard, todo = value
         if todo:
