@@ -102,25 +102,26 @@ def latest_valid(root: Path, log=print) -> Path | None:
     return None
 
 
-def run_of(path: Path) -> dict | None:
-    """The run identity a checkpoint's ``state.json`` records (None: unreadable or none)."""
+def _state(path: Path) -> dict | None:
+    """A checkpoint's ``state.json``, or None when it cannot be read (a damaged checkpoint)."""
     try:
-        return json.loads((path / "state.json").read_text()).get("run")
-    except (OSError, ValueError, AttributeError):
+        state = json.loads((path / "state.json").read_text())
+        return state if isinstance(state, dict) else None
+    except (OSError, ValueError):
         return None
 
 
+def run_of(path: Path) -> dict | None:
+    """The run identity a checkpoint's ``state.json`` records (None: unreadable or none)."""
+    return (_state(path) or {}).get("run")
+
+
 def other_runs(root: Path, run: dict) -> list[tuple[Path, list[str]]]:
-    """Checkpoints in ``root`` that belong to another run, with what differs."""
-    found = []
-    for path in candidates(root):
-        try:
-            recorded = json.loads((path / "state.json").read_text()).get("run")
-        except (OSError, ValueError, AttributeError):
-            continue  # damaged: latest_valid reports it
-        if recorded != run:
-            found.append((path, differences(recorded, run)))
-    return found
+    """Readable checkpoints in ``root`` that belong to another run, with what differs (damaged
+    ones are left to ``latest_valid``, which reports them)."""
+    states = [(path, _state(path)) for path in candidates(root)]
+    return [(path, differences(state.get("run"), run)) for path, state in states
+            if state is not None and state.get("run") != run]
 
 
 def find(root: Path, resume: str, run: dict, log=print) -> Path | None:
@@ -147,8 +148,9 @@ def find(root: Path, resume: str, run: dict, log=print) -> Path | None:
     problem = verify(path) if path.is_dir() else "no such directory"
     if problem:
         raise PipelineError(f"resume checkpoint {path}: {problem}; pass another one or --resume auto")
-    why = differences(run_of(path), run) if run_of(path) != run else []
-    if why:
+    recorded = run_of(path)
+    if recorded != run:
+        why = differences(recorded, run)
         raise PipelineError(f"resume checkpoint {path} belongs to another run ({'; '.join(why)}); resume it with "
                             "the settings it was trained with, or start a new run with --resume never")
     return path
