@@ -135,7 +135,8 @@ def find(root: Path, resume: str, run: dict, log=print) -> Path | None:
     if others:
         path, why = others[0]
         raise PipelineError(f"{root} holds checkpoints of another run ({path.name}: {'; '.join(why)}); "
-                            f"pass a new --output, or move {root} away to start this run afresh")
+                            f"pass a new --output, or move {root} away to start this run afresh (to go on from its weights with "
+                            f"new settings, start a new run with --init-from {path})")
     if resume == "never":
         return None
     if resume == "auto":
@@ -152,7 +153,8 @@ def find(root: Path, resume: str, run: dict, log=print) -> Path | None:
     if recorded != run:
         why = differences(recorded, run)
         raise PipelineError(f"resume checkpoint {path} belongs to another run ({'; '.join(why)}); resume it with "
-                            "the settings it was trained with, or start a new run with --resume never")
+                            "the settings it was trained with, or go on from its weights with new settings (batch size, sequence "
+                            f"length) as a new run: --output NEW_DIR --init-from {path}")
     return path
 
 

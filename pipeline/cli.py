@@ -57,7 +57,7 @@ def _parser(prog: str, module) -> argparse.ArgumentParser:
             help_text += f" (one of: {', '.join(map(str, f.metadata['choices']))})"
         if f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        if default is not None and default != []:
+        if default not in (None, [], ""):
             help_text += f" [default: {','.join(map(str, default)) if isinstance(default, list) else default}]"
         if f.metadata.get("bounds"):
             help_text += f" [range: {show_bounds(f.metadata['bounds'])}]"
@@ -104,12 +104,12 @@ def quiet_libraries() -> None:
 
 def stage_main(module_name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point shared by the console script and ``python -m pipeline.<stage>``."""
-    quiet_libraries()
-    module = importlib.import_module(module_name)
+    module = importlib.import_module(module_name)  # light: stages import torch & co. when they run
     argv = sys.argv[1:] if argv is None else argv
     prog = prog or f"python -m {module_name}"
     try:
         cfg = parse_stage_args(module, argv, prog)
+        quiet_libraries()
         result = module.run(cfg)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -167,8 +167,9 @@ def build(cls, values: dict, prefix: str = ""):
             continue
         value = _check_type(value, tp, name)
         choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            fail(name, f"{value!r} is not one of {', '.join(map(str, choices))}", "pick one of those")
+        for v in (value if isinstance(value, list) else [value]) if choices else ():
+            if v not in choices:
+                fail(name, f"{v!r} is not one of {', '.join(map(str, choices))}", "pick one of those")
         _check_bounds(value, f, name)
         kwargs[f.name] = value
     missing = [f.name for f in dataclasses.fields(cls)

@@ -71,12 +71,21 @@ class PretrainingDataset(torch.utils.data.Dataset):
 
 
 def load_tokenizer(path: str | Path):
+    """A directory's tokenizer, with the exact normalizer of its ``tokenizer.json``.
+
+    transformers 5's ``BertTokenizer`` rebuilds the pipeline from its settings and drops the
+    NFC step; restoring it keeps every stage's ids those the shards were made with.
+    """
+    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     path = Path(path)
     if not (path / "tokenizer.json").exists() and not (path / "vocab.txt").exists():
         raise PipelineError(f"{path}: no tokenizer files (tokenizer.json or vocab.txt); pass a directory with a tokenizer")
-    return AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if (path / "tokenizer.json").exists() and getattr(tok, "is_fast", False):
+        tok.backend_tokenizer.normalizer = Tokenizer.from_file(str(path / "tokenizer.json")).normalizer
+    return tok
 
 
 def load_pretraining_dataset(path: str | Path, split: str = "train", tokenizer=None) -> PretrainingDataset:
@@ -206,3 +215,26 @@ def micro_batch_indices(order: np.ndarray, step_in_epoch: int, global_batch: int
     base = step_in_epoch * global_batch
     return [order[base + (a * world + rank) * micro_batch: base + (a * world + rank + 1) * micro_batch]
             for a in range(accumulation)]
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """This rank's k-th micro-batch, a pure function of k: resuming needs no replay."""
+
+    def __init__(self, ds, collator: MLMNSPCollator, seed: int, global_batch: int, micro: int, accum: int,
+                 rank: int, world: int):
+        self.ds, self.collator, self.seed = ds, collator, seed
+        self.global_batch, self.micro, self.accum, self.rank, self.world = global_batch, micro, accum, rank, world
+        self.steps_per_epoch = len(ds) // global_batch
+        self._epoch, self._order = -1, None
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, k: int) -> dict:
+        step, a = divmod(k, self.accum)
+        epoch, s = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, epoch_order(len(self.ds), self.seed, epoch)
+        idx = micro_batch_indices(self._order, s, self.global_batch, self.micro, self.accum, self.rank, self.world)[a]
+        self.collator.epoch = epoch
+        return self.collator([self.ds[int(i)] for i in idx])

@@ -16,6 +16,7 @@ import torch
 from transformers import BertForPreTraining
 
 from pipeline.distributed import is_deepspeed
+from pipeline.tokenizer import write_tokenizer
 
 
 def _full_param(p: torch.nn.Parameter) -> torch.Tensor:
@@ -53,8 +54,10 @@ def full_state_dict(accelerator, bert: torch.nn.Module) -> dict[str, torch.Tenso
     return state if accelerator.is_main_process else None
 
 
-def save_hf(state: dict[str, torch.Tensor], config, tokenizer, out: Path, model_cls=BertForPreTraining) -> None:
-    """Write a loadable HF directory (safetensors, config, tokenizer), atomically."""
+def save_hf(state: dict[str, torch.Tensor], config, tokenizer, out: Path, model_cls=BertForPreTraining,
+            card: str | None = None, files: dict[str, Path] | None = None) -> None:
+    """Write a loadable HF directory (safetensors, config, tokenizer, the model card as
+    ``README.md`` and ``files`` such as its plots), atomically."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -66,7 +69,14 @@ def save_hf(state: dict[str, torch.Tensor], config, tokenizer, out: Path, model_
     if missing or unexpected:
         raise RuntimeError(f"export: state dict mismatch, missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    if getattr(tokenizer, "is_fast", False):
+        write_tokenizer(tokenizer, tmp)
+    else:  # a slow-only tokenizer of another model (fine-tuning): its own files
+        tokenizer.save_pretrained(str(tmp))
+    if card:
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    for name, src in (files or {}).items():
+        shutil.copyfile(src, tmp / name)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

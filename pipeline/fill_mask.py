@@ -6,10 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from pipeline.config import fail, option
-from pipeline.data import load_tokenizer
 from pipeline.errors import PipelineError
 
 
@@ -33,23 +30,29 @@ POSITIONAL = "texts"
 def load_masked_lm(path: str | Path):
     from transformers import AutoModelForMaskedLM
 
+    from pipeline.data import load_tokenizer
+
     path = Path(path)
     if not (path / "config.json").exists():
         raise PipelineError(f"{path}: no config.json; pass a Hugging Face model directory such as OUTPUT/model")
     return AutoModelForMaskedLM.from_pretrained(str(path)).eval(), load_tokenizer(path)
 
 
-@torch.no_grad()
-def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each ``[MASK]`` in ``text``, the ``top_k`` (token, probability) pairs."""
-    enc = tokenizer(text, return_tensors="pt")
-    positions = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten()
-    if len(positions) == 0:
+def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
+    """For each ``[MASK]`` in ``text``, the ``top_k`` answers of transformers' fill-mask pipeline
+    (``token_str``, ``score``, ``sequence``: the sentence filled in) plus ``word``: the text
+    written in, without WordPiece's ``##`` (a ``##`` piece joins the word before it)."""
+    from transformers import pipeline
+
+    if tokenizer.mask_token not in text:
         raise PipelineError(f"no {tokenizer.mask_token} in {text!r}; put {tokenizer.mask_token} where a word should be guessed")
-    probs = model(**enc).logits[0, positions].softmax(-1)
-    top = probs.topk(top_k, dim=-1)
-    return [[(tokenizer.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(ps, ids)]
-            for ps, ids in zip(top.values, top.indices)]
+    answers = pipeline("fill-mask", model=model, tokenizer=tokenizer, device=model.device)(text, top_k=top_k)
+    answers = answers if isinstance(answers[0], list) else [answers]  # one list per mask
+    for candidates in answers:
+        for a in candidates:
+            piece = tokenizer.convert_ids_to_tokens(a["token"])
+            a["word"] = piece[2:] if piece.startswith("##") else a["token_str"].strip()
+    return answers
 
 
 def run(cfg: Config) -> list:
@@ -63,8 +66,9 @@ def run(cfg: Config) -> list:
         results.append(answers)
         print(text)
         for n, candidates in enumerate(answers, 1):
-            shown = "  ".join(f"{tok} ({p:.3f})" for tok, p in candidates)
-            print(f"  [MASK] {n}: {shown}")
+            print(f"  [MASK] {n}: " + "  ".join(f"{a['word']} ({a['score']:.3f})" for a in candidates))
+        if len(answers) == 1:
+            print(f"  best: {answers[0][0]['sequence']}")
     return results
 
 

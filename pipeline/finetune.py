@@ -12,23 +12,20 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
-from pipeline.config import fail, option, to_dict
-from pipeline.data import load_tokenizer
-from pipeline.distributed import fill_deepspeed_auto, make_accelerator
+from pipeline import hub, publish, tracking
+from pipeline.card import finetune_card
+from pipeline.config import fail, load_config, option, to_dict
 from pipeline.errors import PipelineError
-from pipeline.export import full_state_dict, save_hf
-from pipeline.optim import build_optimizer, lr_factor
+from pipeline.publish import PublishArgs
 from pipeline.report import write_curve, write_report
-from pipeline.scoring import classification_metrics, regression_metrics
 from pipeline.shards import atomic_write_json
-from pipeline.tasks import TASKS, label_ids, load_rows
+from pipeline.tasks import TASKS, is_official, label_ids, load_rows
+
+# torch, transformers and accelerate are imported where they are used, so that '--help' and
+# config errors answer at once.
 
 
 @dataclass
@@ -55,6 +52,7 @@ class Config:
     text_column: str = option("text", "generic task: column of the (first) sentence")
     pair_column: str = option("", "generic task: column of the second sentence, if pairs")
     label_column: str = option("label", "generic task: column of the label")
+    publish: PublishArgs = field(default_factory=PublishArgs)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -67,7 +65,7 @@ class Config:
 
 ALIASES = {"--model": "model", "--task": "task", "--train": "train", "--eval": "eval", "--output": "output",
            "--epochs": "epochs", "--seed": "seeds", "--init": "init", "--text-column": "text_column",
-           "--pair-column": "pair_column", "--label-column": "label_column"}
+           "--pair-column": "pair_column", "--label-column": "label_column", **publish.ALIASES}
 
 
 def prepare_data(cfg: Config, tokenizer):
@@ -87,7 +85,7 @@ def prepare_data(cfg: Config, tokenizer):
         return [{**{k: enc[k][j] for k in enc}, "labels": labels[i]} for j, i in enumerate(idx)]
 
     binary = eval_rows.binary[:n_eval] if eval_rows.binary else None
-    return spec, names, encode(train_rows, keep, y_train), encode(eval_rows, range(n_eval), y_eval), binary
+    return spec, spec.shown_names(names), encode(train_rows, keep, y_train), encode(eval_rows, range(n_eval), y_eval), binary
 
 
 def build_model(cfg: Config, num_labels: int, regression: bool):
@@ -100,6 +98,7 @@ def build_model(cfg: Config, num_labels: int, regression: bool):
 
 
 def collate_fn(tokenizer, regression: bool):
+    import torch
     from transformers import DataCollatorWithPadding
 
     pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
@@ -112,13 +111,19 @@ def collate_fn(tokenizer, regression: bool):
     return collate
 
 
-@torch.no_grad()
-def evaluate(accelerator, model, loader, regression: bool, binary, num_labels: int) -> dict:
+def evaluate(model, loader, regression: bool, binary, num_labels: int, gather=lambda t: t) -> dict:
+    """Metrics over the loader; ``gather`` collects every rank's part (Accelerate's
+    ``gather_for_metrics``) when the loader is sharded."""
+    import torch
+
+    from pipeline.scoring import classification_metrics, regression_metrics
+
     model.eval()
     preds, labels = [], []
     for batch in loader:
-        logits = model(**batch).logits
-        logits, y = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+        with torch.no_grad():
+            logits = model(**batch).logits
+        logits, y = gather((logits.float(), batch["labels"]))
         preds.append(logits.cpu())
         labels.append(y.cpu())
     model.train()
@@ -133,9 +138,31 @@ def evaluate(accelerator, model, loader, regression: bool, binary, num_labels: i
     return metrics
 
 
-def train_seed(accelerator, cfg: Config, seed: int, data, tokenizer, out: Path) -> dict:
+def train_epoch(model, loader, optimizer, scheduler, backward, clip: float, clip_fn, desc: str = "", show: bool = False) -> float:
+    """One pass over ``loader``; the mean training loss."""
+    from tqdm import tqdm
+
+    loss_sum, n = 0.0, 0
+    for batch in tqdm(loader, desc=desc, disable=not show or None, file=sys.stderr, leave=False):
+        loss = model(**batch).loss
+        backward(loss)
+        if clip:
+            clip_fn(model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, n = loss_sum + float(loss.detach()), n + 1
+    return loss_sum / max(n, 1)
+
+
+def train_seed(accelerator, cfg: Config, seed: int, data, tokenizer, out: Path, trackers=(), step0: int = 0) -> dict:
     """Train one seed; keeps the best epoch's model in ``out/model``; returns its history."""
+    import torch
     from accelerate.utils import set_seed
+
+    from pipeline.distributed import fill_deepspeed_auto
+    from pipeline.export import full_state_dict, save_hf
+    from pipeline.optim import build_optimizer, lr_factor
 
     spec, names, train, evals, binary = data
     num_labels = 1 if spec.regression else len(names)
@@ -157,21 +184,15 @@ def train_seed(accelerator, cfg: Config, seed: int, data, tokenizer, out: Path) 
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
     history, best, best_value, stale = [], None, -math.inf, 0
     for epoch in range(1, cfg.epochs + 1):
-        t0, loss_sum, n = time.time(), 0.0, 0
-        for batch in tqdm(train_dl, desc=f"finetune seed {seed} epoch {epoch}", disable=not accelerator.is_main_process or None,
-                          file=sys.stderr, leave=False):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if cfg.clip_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum, n = loss_sum + float(loss.detach()), n + 1
-        metrics = evaluate(accelerator, model, eval_dl, spec.regression, binary, num_labels)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(n, 1), "eval_loss": metrics.pop("loss"),
+        t0 = time.time()
+        train_loss = train_epoch(model, train_dl, optimizer, scheduler, accelerator.backward, cfg.clip_grad_norm,
+                                 accelerator.clip_grad_norm_, f"finetune seed {seed} epoch {epoch}", accelerator.is_main_process)
+        metrics = evaluate(model, eval_dl, spec.regression, binary, num_labels, accelerator.gather_for_metrics)
+        row = {"epoch": epoch, "train_loss": train_loss, "eval_loss": metrics.pop("loss"),
                **metrics, "seconds": time.time() - t0}
         history.append(row)
+        prefix = f"seed-{seed}/" if len(cfg.seeds) > 1 else ""
+        tracking.log(trackers, {f"{prefix}{k}": v for k, v in row.items() if k != "seconds"}, step0 + epoch)
         if accelerator.is_main_process:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             print(f"finetune: seed {seed} epoch {epoch}: train loss {row['train_loss']:.4f}, eval loss {row['eval_loss']:.4f}, {shown}",
@@ -192,6 +213,8 @@ def train_seed(accelerator, cfg: Config, seed: int, data, tokenizer, out: Path) 
 
 def summarize(results: list[dict], spec) -> dict:
     """Final metrics of the best epoch; with several seeds, their mean and std."""
+    import numpy as np
+
     keys = [k for k in results[0]["best"] if k not in ("epoch", "train_loss", "seconds")]
     per_seed = {r["seed"]: {k: r["best"][k] for k in keys} for r in results}
     if len(results) == 1:
@@ -208,6 +231,9 @@ def _max_positions(model_dir: Path) -> int:
 
 
 def run(cfg: Config) -> dict:
+    from pipeline.data import load_tokenizer
+    from pipeline.distributed import make_accelerator
+
     model_dir = Path(cfg.model)
     if not (model_dir / "config.json").exists():
         raise PipelineError(f"{model_dir}: no config.json; pass a Hugging Face model directory (e.g. pretrain's OUTPUT/model)")
@@ -216,19 +242,24 @@ def run(cfg: Config) -> dict:
     if cfg.max_seq_len > positions:
         raise PipelineError(f"max_seq_len {cfg.max_seq_len} is above the {positions} positions of {model_dir}; "
                             f"pass --max-seq-len {positions} or less")
+    cfg.publish.check()
     data = prepare_data(cfg, tokenizer)
     spec = data[0]
     out = Path(cfg.output)
     accelerator = make_accelerator(cfg.precision, 1)
+    trackers = []
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         print(f"finetune: {cfg.task}, {len(data[2])} train / {len(data[3])} eval rows, init {cfg.init}, "
               f"seeds {cfg.seeds}", file=sys.stderr)
+        trackers, _ = tracking.start(cfg.publish.log_with, out, cfg.publish.project, f"finetune-{cfg.task}-{out.name}", to_dict(cfg), None)
     results = []
-    for seed in cfg.seeds:
+    for n, seed in enumerate(cfg.seeds):
         seed_out = out if len(cfg.seeds) == 1 else out / f"seed-{seed}"
-        results.append(train_seed(accelerator, cfg, seed, data, tokenizer, seed_out))
+        results.append(train_seed(accelerator, cfg, seed, data, tokenizer, seed_out, trackers, n * cfg.epochs))
+    tracking.finish(trackers)
     metrics = summarize(results, spec)
+    official = is_official(spec, cfg.eval, len(data[3])) and not cfg.max_eval_examples
     if accelerator.is_main_process:
         if len(cfg.seeds) > 1:  # the best seed's model is the stage's model
             top = max(results, key=lambda r: r["best"][spec.main_metric])
@@ -236,13 +267,84 @@ def run(cfg: Config) -> dict:
             shutil.copytree(out / f"seed-{top['seed']}" / "model", out / "model")
         atomic_write_json(out / "metrics.json", metrics)
         atomic_write_json(out / "history.json", {"config": to_dict(cfg), "seeds": results})
-        write_report(out / "report.md", cfg, spec, results, metrics)
-        write_curve(out / "learning_curve.png", results, cfg.task)
+        write_report(out / "report.md", cfg, spec, results, metrics, official)
+        write_curve(out / "learning_curve.png", results, cfg.task, spec.main_metric)
+        write_card(out, cfg, spec, data[1], metrics, official)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         where = f"epoch {metrics['best_epoch']}" if "best_epoch" in metrics else "mean over seeds"
         print(f"finetune: best by {spec.main_metric} ({where}): {shown} -> {out}", file=sys.stderr)
+        if cfg.publish.push_to_hub:
+            url = hub.push(out / "model", cfg.publish.push_to_hub, cfg.publish.hub_private, f"kowiki-bert finetune {cfg.task}")
+            print(f"finetune: pushed {out / 'model'} to {url}", file=sys.stderr)
     accelerator.wait_for_everyone()
     return metrics
+
+
+def write_card(out: Path, cfg: Config, spec, names, metrics: dict, official: bool) -> None:
+    """The model's README.md, with its learning curve beside it."""
+    shutil.copyfile(out / "learning_curve.png", out / "model" / "learning_curve.png")
+    settings = {"epochs": cfg.epochs, "learning rate": cfg.lr, "batch size": cfg.batch_size,
+                "max sequence length": cfg.max_seq_len, "seeds": ", ".join(map(str, cfg.seeds)), "init": cfg.init}
+    text = finetune_card(name=cfg.publish.push_to_hub.split("/")[-1] or f"kowiki-bert {Path(cfg.model).parent.name} {cfg.task}", license=cfg.publish.license, task=cfg.task,
+                         base_model=cfg.model, labels=names, metrics=metrics, eval_file=Path(cfg.eval).name,
+                         official=official, settings=settings, curve="learning_curve.png")
+    (out / "model" / "README.md").write_text(text, encoding="utf-8")
+
+
+class Probe:
+    """Downstream quality during pretraining: a short fine-tune of the current weights on a
+    small label budget, scored on the task's main metric (``--eval.finetune TASK:TRAIN:EVAL``).
+
+    It runs on one process, under its own RNG (the training RNG streams are left as they were,
+    so resuming stays exact), and never writes a model.
+    """
+
+    def __init__(self, spec: str, tokenizer, examples: int, eval_examples: int, epochs: int, lr: float, seed: int):
+        parts = spec.split(":", 2)
+        if len(parts) != 3 or not all(parts):
+            raise PipelineError(f"eval.finetune {spec!r}: write it as TASK:TRAIN_FILE:EVAL_FILE, e.g. nsmc:train.tsv:test.tsv "
+                                f"(tasks: {', '.join(TASKS)})")
+        task, train, eval_file = parts
+        self.cfg = load_config(Config, None, {"model": "(the weights being pretrained)", "task": task, "train": train,
+                                              "eval": eval_file, "output": "", "seeds": [seed], "epochs": epochs, "lr": lr,
+                                              "max_train_examples": examples, "max_eval_examples": eval_examples})
+        self.data = prepare_data(self.cfg, tokenizer)
+        self.tokenizer, self.task, self.metric = tokenizer, task, self.data[0].main_metric
+
+    def score(self, bert_state: dict, bert_cfg, device) -> float:
+        import torch
+        from transformers import BertForSequenceClassification
+
+        from pipeline.optim import build_optimizer, lr_factor
+
+        spec, names, train, evals, binary = self.data
+        cfg = self.cfg
+        num_labels = 1 if spec.regression else len(names)
+        config = bert_cfg.__class__.from_dict({**bert_cfg.to_dict(), "num_labels": num_labels,
+                                               "problem_type": "regression" if spec.regression else "single_label_classification"})
+        forked = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=forked):
+            torch.manual_seed(cfg.seeds[0])
+            model = BertForSequenceClassification(config)
+            missing, _ = model.load_state_dict({k: v for k, v in bert_state.items() if k.startswith("bert.")}, strict=False)
+            if any(k.startswith("bert.") and not k.endswith(("position_ids", "token_type_ids")) for k in missing):
+                raise PipelineError(f"eval.finetune: the pretraining weights lack {missing[:3]}; report this as a bug")
+            model.to(device)
+            collate = collate_fn(self.tokenizer, spec.regression)
+            on_device = lambda loader: ({k: v.to(device) for k, v in b.items()} for b in loader)
+            train_dl = torch.utils.data.DataLoader(train, batch_size=min(cfg.batch_size, len(train)), shuffle=True,
+                                                   collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seeds[0]))
+            eval_dl = torch.utils.data.DataLoader(evals, batch_size=cfg.eval_batch_size, collate_fn=collate)
+            optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
+            steps = cfg.epochs * len(train_dl)
+            warmup = int(cfg.warmup_ratio * steps)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+            model.train()
+            for _ in range(cfg.epochs):
+                train_epoch(model, on_device(train_dl), optimizer, scheduler, lambda loss: loss.backward(),
+                            cfg.clip_grad_norm, torch.nn.utils.clip_grad_norm_)
+            metrics = evaluate(model, on_device(eval_dl), spec.regression, binary, num_labels)
+        return float(metrics[self.metric])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.model import bert_config, count_params, train_flops
+from pipeline.model import bert_config, count_params, resolve_source, train_flops
 
 GIB = 1024**3
 
@@ -29,15 +29,32 @@ def plan(cfg, world: int | None = None, zero_stage: int = -1) -> dict:
     manifest_file = Path(cfg.data) / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
     seq, vocab = manifest.get("max_seq_len", 128), manifest.get("vocab_size", 32000)
-    bert = bert_config(cfg.model.size, vocab, max(512, seq))
+    bert = source_config(cfg.init_from) or bert_config(cfg.model.size, vocab, max(512, seq))
     slots = -(-max(1, round(seq * t.mlm_probability)) // 8) * 8
     tokens = t.global_batch_size * seq
     dense, embed = count_params(bert)
     return {"world_size": world, "gradient_accumulation_steps": t.global_batch_size // per_step,
             "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size, "seq_len": seq,
             "assumed_shape": not manifest, "tokens_per_step": tokens, "parameters": dense + embed,
+            "architecture": (f"of --init-from {cfg.init_from}" if source_config(cfg.init_from) else
+                             f"model.size {cfg.model.size}" + (f" (--init-from {cfg.init_from} is not on disk yet)" if cfg.init_from else "")),
             "flops_per_step": train_flops(bert, tokens, seq, round(t.global_batch_size * seq * t.mlm_probability)),
             "memory_gib_per_gpu": memory_per_gpu(bert, t.micro_batch_size, seq, slots, world, zero_stage)}
+
+
+def source_config(init_from: str):
+    """The architecture ``--init-from`` will bring, when it is on disk already."""
+    if not init_from:
+        return None
+    try:
+        file = Path(resolve_source(init_from)) / "config.json"
+    except PipelineError:
+        return None
+    if not file.exists():
+        return None
+    from transformers import BertConfig
+
+    return BertConfig.from_json_file(str(file))
 
 
 def memory_per_gpu(bert, micro: int, seq: int, slots: int, world: int, zero_stage: int) -> dict:
@@ -65,6 +82,6 @@ def show(p: dict) -> str:
     return (f"pretrain dry run: {p['world_size']} process(es) x micro-batch {p['micro_batch_size']} x "
             f"{p['gradient_accumulation_steps']} accumulation = global batch {p['global_batch_size']} sequences{shape}\n"
             f"  seq {p['seq_len']}: {p['tokens_per_step']:,} tokens and {p['flops_per_step'] / 1e15:.2f} PFLOP per step; "
-            f"{p['parameters'] / 1e6:.1f}M parameters\n"
+            f"{p['parameters'] / 1e6:.1f}M parameters, architecture {p['architecture']}\n"
             f"  memory per GPU, estimated: {mem['total']:.1f} GiB (weights {mem['weights']:.2f}, gradients "
             f"{mem['gradients']:.2f}, optimizer {mem['optimizer']:.2f}, activations {mem['activations']:.2f})")

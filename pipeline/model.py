@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
 from transformers import BertConfig, BertForPreTraining
 
-# (hidden, layers, heads): the BERT paper's base/large and Turc et al.'s smaller models.
-PRESETS = {
-    "tiny": (128, 2, 2),
-    "mini": (256, 4, 4),
-    "small": (512, 4, 8),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-}
+from pipeline.errors import PipelineError
+from pipeline.presets import PRESETS
 
 
 def bert_config(size: str, vocab_size: int, max_position: int = 512, dropout: float = 0.1,
@@ -86,6 +82,52 @@ _TAKES_4D_MASK = int(transformers.__version__.split(".")[0]) >= 5
 
 def build_model(config: BertConfig) -> PreTrainingModel:
     return PreTrainingModel(BertForPreTraining(config))
+
+
+def resolve_source(source: str) -> str:
+    """``--init-from``: a pretrain output (its ``model/``), a checkpoint (its ``hf/``), a
+    Hugging Face model directory, or else a Hub id."""
+    path = Path(source)
+    for candidate in (path / "model", path / "hf", path):
+        if (candidate / "config.json").exists():
+            return str(candidate)
+    if path.exists():
+        raise PipelineError(f"--init-from {source}: no config.json there, in model/ or in hf/; pass a pretrain output, "
+                            "a checkpoint step-N directory or a Hugging Face model directory")
+    return source
+
+
+def from_pretrained(source: str, tokenizer, max_seq_len: int, dropout: float, attention: str) -> tuple[BertForPreTraining, list[str]]:
+    """A BERT to continue pretraining from, checked against the shards' tokenizer and length;
+    returns it and the weights it had to initialize (an NSP head, when the source has none)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    where = resolve_source(source)
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"--init-from {source}: {(str(err).splitlines() or [type(err).__name__])[0]}; pass a local "
+                            "directory, or a Hub id that is in the cache or reachable (HF_HUB_OFFLINE unset)") from None
+    if config.model_type != "bert":
+        raise PipelineError(f"--init-from {source} is a {config.model_type} model; pass a BERT")
+    try:
+        theirs = AutoTokenizer.from_pretrained(where).get_vocab()
+    except (OSError, ValueError, TypeError):
+        theirs = None  # weights only: the vocabulary size is all there is to compare
+    ours = tokenizer.get_vocab()
+    if (theirs is not None and theirs != ours) or config.vocab_size != len(ours):
+        diff = next((t for t, i in sorted(ours.items(), key=lambda kv: kv[1]) if (theirs or {}).get(t) != i), None)
+        raise PipelineError(f"--init-from {source}: its vocabulary ({config.vocab_size} pieces) is not the shards' "
+                            f"({len(ours)} pieces" + (f", first difference {diff!r}" if theirs is not None and diff else "")
+                            + f"); shard the corpus with its tokenizer: kowiki-bert shard --tokenizer {where} ...")
+    if config.max_position_embeddings < max_seq_len:
+        raise PipelineError(f"--init-from {source} has {config.max_position_embeddings} positions, fewer than the shards' "
+                            f"max_seq_len {max_seq_len}; shard with --max-seq-len {config.max_position_embeddings} or less")
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
+    config.architectures = ["BertForPreTraining"]
+    bert, info = BertForPreTraining.from_pretrained(where, config=config, attn_implementation=attention,
+                                                    output_loading_info=True)
+    return bert, [k for k in info["missing_keys"] if not k.endswith(("position_ids", "decoder.bias", "decoder.weight"))]
 
 
 def count_params(config: BertConfig) -> tuple[int, int]:

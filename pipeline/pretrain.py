@@ -17,22 +17,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from pipeline import checkpoint as ckpt
-from pipeline import launch_plan
+from pipeline import hub, publish, tracking
+from pipeline.card import pretrain_card
 from pipeline.config import fail, option, to_dict
-from pipeline.data import MLMNSPCollator, epoch_order, load_pretraining_dataset, load_tokenizer, micro_batch_indices, pretraining_manifest
-from pipeline.distributed import StopFlag, all_reduce_sum, deepspeed_stage, distributed_type, fill_deepspeed_auto, is_deepspeed, launch_rank, make_accelerator, offloads_optimizer
 from pipeline.errors import PipelineError
-from pipeline.export import full_state_dict, save_hf
-from pipeline.model import PRESETS, bert_config, build_model, device_peak_flops, train_flops
-from pipeline.optim import build_optimizer, lr_factor
+from pipeline.presets import PRESETS
 from pipeline.progress import duration
+from pipeline.publish import PublishArgs
+from pipeline.report import write_pretrain_curves
 from pipeline.shards import atomic_write_json, output_fingerprint, verify_checksums
-from pipeline.step import MODEL_INPUTS, TALLIES, Meter, host_counts, train_step
 from pipeline.tokenizer import tokenizer_hash
+
+# torch, transformers, accelerate and the modules built on them are imported where they are
+# used, so that '--help' and config errors answer at once instead of after seconds of imports.
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGUSR1/SIGTERM after a checkpoint; requeue to resume
 
@@ -78,6 +75,12 @@ class EvalArgs:
     every: int = option(500, "steps between evaluations on the held-out shards (0: only at the end)", bounds="[0, inf)")
     batches: int = option(20, "batches per evaluation", bounds="[1, inf)")
     batch_size: int = option(32, "sequences per evaluation batch", bounds="[1, inf)")
+    finetune: str = option("", "downstream probe at every evaluation, TASK:TRAIN_FILE:EVAL_FILE (e.g. nsmc:train.tsv:test.tsv): "
+                               "a short fine-tune of the current weights on the main process, its score logged")
+    finetune_examples: int = option(1000, "probe: training rows used (the label budget)", bounds="[1, inf)")
+    finetune_eval_examples: int = option(1000, "probe: evaluation rows used", bounds="[1, inf)")
+    finetune_epochs: int = option(1, "probe: fine-tuning epochs", bounds="[1, inf)")
+    finetune_lr: float = option(5e-5, "probe: peak learning rate", bounds="(0, inf)")
 
 
 @dataclass
@@ -95,11 +98,14 @@ class Config:
     seed: int = option(0, "seed of initialization, data order and masking", bounds="[0, inf)")
     resume: str = option("auto", "auto: latest valid checkpoint in output; never; or a checkpoint path")
     dry_run: bool = option(False, "print world size, batch arithmetic, tokens, FLOPs and memory per step, then exit")
+    init_from: str = option("", "start this run from these weights (fresh optimizer and schedule): a pretrain output, a "
+                                "checkpoint step-N directory, a Hugging Face model directory or a Hub id")
     model: ModelArgs = field(default_factory=ModelArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
     eval: EvalArgs = field(default_factory=EvalArgs)
     checkpoint: CheckpointArgs = field(default_factory=CheckpointArgs)
+    publish: PublishArgs = field(default_factory=PublishArgs)
 
     def __post_init__(self):
         t = self.train
@@ -117,34 +123,16 @@ class Config:
 ALIASES = {"--data": "data", "--output": "output", "--model-size": "model.size", "--max-steps": "train.max_steps",
            "--save-every": "checkpoint.save_every", "--seed": "seed", "--resume": "resume",
            "--precision": "train.precision", "--global-batch-size": "train.global_batch_size",
-           "--micro-batch-size": "train.micro_batch_size", "--lr": "optim.lr", "--dry-run": "dry_run"}
-
-
-class StepBatches(torch.utils.data.Dataset):
-    """This rank's k-th micro-batch, a pure function of k: resuming needs no replay."""
-
-    def __init__(self, ds, collator: MLMNSPCollator, seed: int, global_batch: int, micro: int, accum: int,
-                 rank: int, world: int):
-        self.ds, self.collator, self.seed = ds, collator, seed
-        self.global_batch, self.micro, self.accum, self.rank, self.world = global_batch, micro, accum, rank, world
-        self.steps_per_epoch = len(ds) // global_batch
-        self._epoch, self._order = -1, None
-
-    def __len__(self) -> int:
-        return 2**62
-
-    def __getitem__(self, k: int) -> dict:
-        step, a = divmod(k, self.accum)
-        epoch, s = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._order = epoch, epoch_order(len(self.ds), self.seed, epoch)
-        idx = micro_batch_indices(self._order, s, self.global_batch, self.micro, self.accum, self.rank, self.world)[a]
-        self.collator.epoch = epoch
-        return self.collator([self.ds[int(i)] for i in idx])
+           "--micro-batch-size": "train.micro_batch_size", "--lr": "optim.lr", "--dry-run": "dry_run",
+           "--init-from": "init_from", **publish.ALIASES}
 
 
 def setup(cfg: Config):
     """Launch topology, batch arithmetic, precision and the DeepSpeed "auto" values."""
+    import torch
+
+    from pipeline.distributed import fill_deepspeed_auto, make_accelerator
+
     precision = resolved_precision(cfg.train.precision)
     if torch.cuda.is_available():  # TF32 for whatever still runs in fp32 (Ampere and later)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -167,6 +155,8 @@ def setup(cfg: Config):
 
 def resolved_precision(precision: str) -> str:
     """"auto": bf16 where the GPU has it, else full precision."""
+    import torch
+
     if precision != "auto":
         return precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -175,6 +165,10 @@ def resolved_precision(precision: str) -> str:
 def compile_model(model, cfg: Config, accelerator):
     """``torch.compile`` after ``accelerator.prepare`` (so DDP overlaps gradient communication
     with the backward), on by default on CUDA; DeepSpeed engines are left as they are."""
+    import torch
+
+    from pipeline.distributed import is_deepspeed
+
     on = cfg.model.compile == "on" or (cfg.model.compile == "auto" and accelerator.device.type == "cuda")
     if not on or is_deepspeed(accelerator):
         return model
@@ -195,11 +189,11 @@ def loader_workers(cfg: Config, accelerator) -> int:
     return 4 if accelerator.device.type == "cuda" else 1
 
 
-def log_metrics(writer, bar, window: dict, seconds: float, steps: int, scheduler, state: dict, cfg: Config,
+def log_metrics(log, bar, window: dict, seconds: float, steps: int, scheduler, state: dict, cfg: Config,
                 peak: float | None, world: int) -> dict:
-    """TensorBoard scalars and the progress bar, or a console line when stderr is a file (a
+    """Tracker scalars and the progress bar, or a console line when stderr is a file (a
     SLURM log, where tqdm stays silent), for the ``steps`` since the last log."""
-    if writer is None:
+    if log is None:
         return {}
     mlm, nsp = max(window["mlm_count"], 1), max(window["nsp_count"], 1)
     m = {"loss/total": window["mlm_sum"] / mlm + window["nsp_sum"] / nsp, "loss/mlm": window["mlm_sum"] / mlm,
@@ -210,8 +204,7 @@ def log_metrics(writer, bar, window: dict, seconds: float, steps: int, scheduler
          "perf/flops_per_second": window["flops"] / max(seconds, 1e-9)}
     if peak:
         m["perf/mfu"] = m["perf/flops_per_second"] / (peak * world)
-    for k, v in m.items():
-        writer.add_scalar(k, v, state["step"])
+    log(m, state["step"])
     bar.set_postfix(loss=f"{m['loss/total']:.3f}", mlm_acc=f"{m['accuracy/mlm']:.3f}", lr=f"{m['optim/lr']:.2e}")
     if not sys.stderr.isatty():
         eta = duration(seconds / max(steps, 1) * (cfg.train.max_steps - state["step"]))
@@ -233,7 +226,10 @@ def run_info(accelerator, cfg: Config, accum: int, stage: int, optimizer_name: s
     import importlib.metadata
 
     import accelerate
+    import torch
     import transformers
+
+    from pipeline.distributed import distributed_type
 
     try:  # a GPU image may lack DeepSpeed: only its launches need it
         ds_version = importlib.metadata.version("deepspeed")
@@ -256,6 +252,10 @@ def run_info(accelerator, cfg: Config, accum: int, stage: int, optimizer_name: s
 
 def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict, cfg: Config, bert_cfg, tokenizer) -> Path:
     """Write ``checkpoints/step-N`` atomically; every rank takes part."""
+    from pipeline import checkpoint as ckpt
+    from pipeline.distributed import is_deepspeed
+    from pipeline.export import full_state_dict, save_hf
+
     root = Path(cfg.output) / "checkpoints"
     tmp, final = root / f".tmp-step-{state['step']:08d}", ckpt.step_dir(root, state["step"])
     if accelerator.is_main_process:
@@ -273,7 +273,7 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict, cfg: 
     if cfg.checkpoint.export_hf:
         weights = full_state_dict(accelerator, accelerator.unwrap_model(model).bert)
         if accelerator.is_main_process:
-            save_hf(weights, bert_cfg, tokenizer, tmp / "hf")
+            save_hf(weights, bert_cfg, tokenizer, tmp / "hf", card=model_card(cfg, bert_cfg, state))
     if accelerator.is_main_process:
         ckpt.save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
         atomic_write_json(tmp / "state.json", state)
@@ -288,6 +288,9 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict, cfg: 
 
 def find_resume(accelerator, cfg: Config, run: dict) -> Path | None:
     """The checkpoint to resume from; rank 0 checks it is this run's, every rank gets the answer."""
+    from pipeline import checkpoint as ckpt
+    from pipeline.distributed import all_reduce_sum
+
     step = 0.0
     if accelerator.is_main_process:
         path = ckpt.find(Path(cfg.output) / "checkpoints", cfg.resume, run, log=lambda m: print(m, file=sys.stderr))
@@ -304,9 +307,79 @@ def run_identity(cfg: Config, bert_cfg, manifest: dict) -> dict:
     """What makes checkpoints one run: resuming or pruning any other run's is refused."""
     dims = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "max_position_embeddings")
-    return {"seed": cfg.seed, "global_batch_size": cfg.train.global_batch_size,
-            "model": dict(size=cfg.model.size, **{k: getattr(bert_cfg, k) for k in dims}),
-            "data": output_fingerprint(manifest), "tokenizer": manifest["tokenizer_hash"]}
+    run = {"seed": cfg.seed, "global_batch_size": cfg.train.global_batch_size,
+           "model": dict(size="init-from" if cfg.init_from else cfg.model.size, **{k: getattr(bert_cfg, k) for k in dims}),
+           "data": output_fingerprint(manifest), "tokenizer": manifest["tokenizer_hash"]}
+    return dict(run, init_from=cfg.init_from) if cfg.init_from else run
+
+
+def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
+    """The model a run starts from (a ``PreTrainingModel`` and its config): a size preset, or
+    ``--init-from`` weights (continued pretraining, position embeddings and all), identical
+    on every rank."""
+    import torch
+
+    from pipeline.model import (
+        PreTrainingModel,
+        bert_config,
+        build_model,
+        from_pretrained,
+    )
+
+    torch.manual_seed(cfg.seed)
+    if not cfg.init_from:
+        bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
+                               cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id)
+        return build_model(bert_cfg), bert_cfg
+    bert, fresh = from_pretrained(cfg.init_from, tokenizer, manifest["max_seq_len"], cfg.model.dropout, cfg.model.attention)
+    if main:
+        print(f"pretrain: initialized from {cfg.init_from} ({bert.config.num_hidden_layers} layers, hidden "
+              f"{bert.config.hidden_size}, {bert.config.max_position_embeddings} positions)"
+              + (f"; newly initialized: {', '.join(fresh)}" if fresh else ""), file=sys.stderr)
+    return PreTrainingModel(bert), bert.config
+
+
+def recipe(cfg: Config, manifest: dict, accelerator) -> dict:
+    """How the run trains, as the model card shows it."""
+    return {"max sequence length": manifest["max_seq_len"], "global batch (sequences)": cfg.train.global_batch_size,
+            "optimizer": f"{cfg.optim.name}, peak LR {cfg.optim.lr:g}, {cfg.optim.schedule} decay, "
+                         f"{cfg.optim.warmup_ratio:.0%} warmup", "precision": str(accelerator.mixed_precision),
+            "processes": accelerator.num_processes,
+            "masking": f"{cfg.train.mlm_probability:.0%}" + (", whole words" if cfg.train.whole_word_mask else "")}
+
+
+def model_card(cfg: Config, bert_cfg, state: dict, curves: str | None = None) -> str:
+    probe = ({"task": state["probe"]["task"], "metric": state["probe"]["metric"], "scores": state["probe"]["scores"]}
+             if state.get("probe", {}).get("scores") else None)
+    name = cfg.publish.push_to_hub.split("/")[-1] or f"kowiki-bert {Path(cfg.output).name}"
+    return pretrain_card(name=name, license=cfg.publish.license, bert_cfg=bert_cfg, recipe=state["recipe"],
+                         step=state["step"], tokens=state["tokens_seen"], eval_metrics=state.get("eval", {}),
+                         init_from=cfg.init_from or None, probe=probe, curves=curves)
+
+
+class RunLog:
+    """Every logged value goes to the trackers and to ``train_log.jsonl`` (what the curves are
+    drawn from, whatever trackers are on); a resumed run drops the lines past its checkpoint."""
+
+    def __init__(self, cfg: Config, state: dict, out: Path, config: dict):
+        self.path = out / "train_log.jsonl"
+        kept = []
+        if state["step"] and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.trackers, state["trackers"] = tracking.start(cfg.publish.log_with, out, cfg.publish.project, out.name, config,
+                                                          state.get("trackers"), state["step"] + 1 if state["step"] else None)
+
+    def __call__(self, values: dict, step: int) -> None:
+        tracking.log(self.trackers, values, step)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+
+    def rows(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+    def close(self) -> None:
+        tracking.finish(self.trackers)
 
 
 def check_data(accelerator, data: str, manifest: dict, tokenizer) -> None:
@@ -331,6 +404,11 @@ def write_status(out: Path, state: str, step: int | None, **extra) -> None:
 
 
 def load_checkpoint(accelerator, model, optimizer, scheduler, path: Path, cfg: Config) -> dict:
+    import torch
+
+    from pipeline import checkpoint as ckpt
+    from pipeline.distributed import is_deepspeed
+
     state = json.loads((path / "state.json").read_text())
     if is_deepspeed(accelerator):
         with ckpt.weights_only_deepspeed_loads(model):
@@ -349,9 +427,12 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, path: Path, cfg: C
     return state
 
 
-@torch.no_grad()
-def evaluate(accelerator, model, valid, collator: MLMNSPCollator, cfg: Config) -> dict:
+def evaluate(accelerator, model, valid, collator, cfg: Config) -> dict:
     """MLM loss, perplexity and accuracies on the held-out shards (same batches every time)."""
+    import torch
+
+    from pipeline.step import MODEL_INPUTS, TALLIES, Meter
+
     if len(valid) == 0:
         return {}
     bs = cfg.eval.batch_size
@@ -362,7 +443,8 @@ def evaluate(accelerator, model, valid, collator: MLMNSPCollator, cfg: Config) -
     for j in range(per_rank):  # every rank runs the same number of forwards (ZeRO-3 needs it)
         b = accelerator.process_index + j * accelerator.num_processes
         batch = collator([valid[i] for i in range(b % total * bs, min(len(valid), (b % total + 1) * bs))])
-        out = model(**{k: batch[k].to(accelerator.device) for k in MODEL_INPUTS})
+        with torch.no_grad():
+            out = model(**{k: batch[k].to(accelerator.device) for k in MODEL_INPUTS})
         if b < total:  # the rest only keep ranks in step
             meter.add(out)
     model.train(True)
@@ -376,6 +458,9 @@ def evaluate(accelerator, model, valid, collator: MLMNSPCollator, cfg: Config) -
 def run(cfg: Config) -> int:
     """Train; a failure leaves ``status.json`` "failed", so no script takes an earlier
     attempt's "finished" or "preempted" for this one's."""
+    from pipeline import launch_plan
+    from pipeline.distributed import deepspeed_stage, launch_rank
+
     if cfg.dry_run:
         print(launch_plan.show(launch_plan.plan(cfg, zero_stage=deepspeed_stage())))
         return 0
@@ -388,11 +473,28 @@ def run(cfg: Config) -> int:
 
 
 def train(cfg: Config) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from pipeline.data import (
+        MLMNSPCollator,
+        StepBatches,
+        load_pretraining_dataset,
+        load_tokenizer,
+        pretraining_manifest,
+    )
+    from pipeline.distributed import StopFlag, is_deepspeed, offloads_optimizer
+    from pipeline.export import full_state_dict
+    from pipeline.model import device_peak_flops, train_flops
+    from pipeline.optim import build_optimizer, lr_factor
+    from pipeline.step import Meter, host_counts, train_step
+
     # --- setup
     accelerator, accum, stage = setup(cfg)
     stop = StopFlag()  # from here on a preemption signal is a request, never a crash
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output)
+    cfg.publish.check()
     if main:
         out.mkdir(parents=True, exist_ok=True)
     if not main:
@@ -408,10 +510,8 @@ def train(cfg: Config) -> int:
     if len(train_ds) < cfg.train.global_batch_size:
         raise PipelineError(f"{cfg.data} holds {len(train_ds)} training examples, fewer than one global batch "
                             f"({cfg.train.global_batch_size}); lower train.global_batch_size or shard more text")
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
-                           cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id)
-    model = build_model(bert_cfg)
+    probe = make_probe(cfg, tokenizer) if main else None
+    model, bert_cfg = initial_model(cfg, manifest, tokenizer, main)
     run = run_identity(cfg, bert_cfg, manifest)
     torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)  # per-rank dropout streams
     if not is_deepspeed(accelerator):
@@ -431,9 +531,12 @@ def train(cfg: Config) -> int:
         state.update(world_size=world, restarts=state.get("restarts", 0) + 1, run=run)
         if main:
             print(f"pretrain: resumed from {resume_from} at step {state['step']}", file=sys.stderr)
+    state["recipe"] = recipe(cfg, manifest, accelerator)
     info = run_info(accelerator, cfg, accum, stage, innermost(optimizer))
+    log = RunLog(cfg, state, out, info["config"]) if main else None  # continues the run's W&B/MLflow runs
     if main:
-        atomic_write_json(out / "run_info.json", dict(info, resumed_from=str(resume_from) if resume_from else None))
+        atomic_write_json(out / "run_info.json", dict(info, resumed_from=str(resume_from) if resume_from else None,
+                                                      trackers=state["trackers"]))
         write_status(out, "running", state["step"])
     # --- loop
     forward = compile_model(model, cfg, accelerator)
@@ -446,12 +549,6 @@ def train(cfg: Config) -> int:
         batch_size=None, sampler=range(state["step"] * accum, cfg.train.max_steps * accum),
         num_workers=workers, prefetch_factor=4 if workers else None, pin_memory=accelerator.device.type == "cuda",
         worker_init_fn=StopFlag.ignore_in_worker, generator=torch.Generator().manual_seed(cfg.seed)))  # leaves the global (dropout) RNG untouched
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        # Scalars after the checkpoint came from a run that died: TensorBoard drops them.
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=state["step"] + 1 if state["step"] else None)
     peak = device_peak_flops(accelerator.device)
     params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="pretrain", disable=not main or None,
@@ -481,52 +578,93 @@ def train(cfg: Config) -> int:
         for k, v in totals.items():
             window[k] = window.get(k, 0.0) + v if k not in ("grad_norm", "worst_run", "stop") else v
         if state["step"] % cfg.train.log_every == 0 or last:
-            metrics = log_metrics(writer, bar, window, time.time() - t_log, state["step"] - logged_at, scheduler, state,
+            metrics = log_metrics(log, bar, window, time.time() - t_log, state["step"] - logged_at, scheduler, state,
                                   cfg, peak, world)
             window, t_log, logged_at = {}, time.time(), state["step"]
         if evaluating:
-            ev = evaluate(accelerator, forward, valid_ds, eval_collator, cfg)
-            if main:
-                for k, v in ev.items():
-                    writer.add_scalar(f"eval/{k}", v, state["step"])
-                print(f"pretrain: eval at step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()),
-                      file=sys.stderr, flush=True)
+            evaluate_and_probe(accelerator, forward, valid_ds, eval_collator, cfg, state, log, probe, bert_cfg)
         if totals["stop"]:
             preempted = True
             break
         if saving:
-            if writer:
-                writer.flush()  # what the checkpoint covers is on disk before it exists
             save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
             last_saved = state["step"]
     bar.close()
     if last_saved != state["step"] and state["step"] > 0:
-        if writer:
-            writer.flush()
         save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
     if preempted:
         if main:
+            log.close()
             write_status(out, "preempted", state["step"])
             print(f"pretrain: stopped by signal at step {state['step']} after a checkpoint; "
                   f"run again (or requeue) to resume, exit code {EXIT_PREEMPTED}", file=sys.stderr)
         return EXIT_PREEMPTED
     # --- evaluate and export
-    ev = evaluate(accelerator, model, valid_ds, eval_collator, cfg)
+    evaluate_and_probe(accelerator, model, valid_ds, eval_collator, cfg, state, log, probe, bert_cfg)
     weights = full_state_dict(accelerator, accelerator.unwrap_model(model).bert)
     if main:
-        for k, v in ev.items():
-            writer.add_scalar(f"eval/{k}", v, state["step"])
-        writer.close()
-        save_hf(weights, bert_cfg, tokenizer, out / "model")
-        summary = {"step": state["step"], "tokens_seen": state["tokens_seen"], "train": metrics, "eval": ev}
-        atomic_write_json(out / "metrics.json", summary)
-        write_status(out, "finished", state["step"])
-        print(f"pretrain: {state['step']} steps, eval MLM loss {ev.get('mlm_loss', float('nan')):.3f} "
-              f"(ppl {ev.get('perplexity', float('nan')):.1f}), NSP acc {ev.get('nsp_accuracy', float('nan')):.3f} "
-              f"-> {out / 'model'}", file=sys.stderr)
+        log.close()
+        finish(cfg, state, metrics, weights, bert_cfg, tokenizer, log.rows())
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
+
+
+def make_probe(cfg: Config, tokenizer):
+    """The downstream probe, its files read and checked before the first step."""
+    if not cfg.eval.finetune:
+        return None
+    from pipeline.finetune import Probe
+
+    e = cfg.eval
+    return Probe(e.finetune, tokenizer, e.finetune_examples, e.finetune_eval_examples, e.finetune_epochs, e.finetune_lr, cfg.seed)
+
+
+def evaluate_and_probe(accelerator, model, valid, collator, cfg: Config, state: dict, log, probe, bert_cfg) -> None:
+    """Held-out MLM/NSP metrics and, with ``--eval.finetune``, the downstream probe's score;
+    logged, printed and kept in ``state`` (so checkpoints and the model card carry them)."""
+    from pipeline.export import full_state_dict
+
+    ev = evaluate(accelerator, model, valid, collator, cfg)
+    state["eval"] = ev
+    if ev and log:
+        log({f"eval/{k}": v for k, v in ev.items()}, state["step"])
+        print(f"pretrain: eval at step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()),
+              file=sys.stderr, flush=True)
+    if not cfg.eval.finetune:
+        return
+    weights = full_state_dict(accelerator, accelerator.unwrap_model(model).bert)  # every rank: a collective under ZeRO
+    if probe is not None:
+        t0 = time.time()
+        score = probe.score(weights, bert_cfg, accelerator.device)
+        record = state.setdefault("probe", {"task": probe.task, "metric": probe.metric, "scores": []})
+        record["scores"] = [s for s in record["scores"] if s[0] < state["step"]] + [[state["step"], score]]
+        log({f"probe/{probe.task}_{probe.metric}": score}, state["step"])
+        print(f"pretrain: probe at step {state['step']}: {probe.task} {probe.metric} {score:.4f} "
+              f"({len(probe.data[2])} training rows, {time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
+    accelerator.wait_for_everyone()
+
+
+def finish(cfg: Config, state: dict, metrics: dict, weights: dict, bert_cfg, tokenizer, rows: list[dict]) -> None:
+    """On the main process: the model with its card and curves, metrics.json, status, and the Hub."""
+    from pipeline.export import save_hf
+
+    out = Path(cfg.output)
+    curves = out / "curves.png"
+    drawn = write_pretrain_curves(curves, rows)
+    save_hf(weights, bert_cfg, tokenizer, out / "model", card=model_card(cfg, bert_cfg, state, "curves.png" if drawn else None),
+            files={"curves.png": curves} if drawn else {})
+    ev = state.get("eval", {})
+    summary = {"step": state["step"], "tokens_seen": state["tokens_seen"], "train": metrics, "eval": ev,
+               "probe": state.get("probe")}
+    atomic_write_json(out / "metrics.json", summary)
+    write_status(out, "finished", state["step"])
+    print(f"pretrain: {state['step']} steps, eval MLM loss {ev.get('mlm_loss', float('nan')):.3f} "
+          f"(ppl {ev.get('perplexity', float('nan')):.1f}), NSP acc {ev.get('nsp_accuracy', float('nan')):.3f} "
+          f"-> {out / 'model'}", file=sys.stderr)
+    if cfg.publish.push_to_hub:
+        url = hub.push(out / "model", cfg.publish.push_to_hub, cfg.publish.hub_private, f"kowiki-bert pretrain, step {state['step']}")
+        print(f"pretrain: pushed {out / 'model'} to {url}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from pipeline import extract, fill_mask, finetune, pretrain, shard, tokenizer
 from pipeline.config import load_config, option
-from pipeline.model import PRESETS
+from pipeline.presets import PRESETS
 from pipeline.sample.build import DUMP, REVIEWS_EVAL, REVIEWS_TRAIN
 
 PROBE = "이순신은 [MASK] 중기의 무신이다."
@@ -60,21 +62,30 @@ def stage_configs(cfg: Config) -> dict:
     }
 
 
+def duration_text(seconds: float) -> str:
+    return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.0f}s"
+
+
 def run(cfg: Config) -> int:
     stages = {"extract": extract, "tokenizer": tokenizer, "shard": shard, "pretrain": pretrain,
               "finetune": finetune, "fill-mask": fill_mask}
     configs = stage_configs(cfg)
-    t_all = time.time()
+    times = {}
     for n, (name, module) in enumerate(stages.items(), 1):
         print(f"\n=== [{n}/{len(stages)}] {name} ===", file=sys.stderr, flush=True)
-        t0 = time.time()
+        t0 = time.perf_counter()
         result = module.run(configs[name])
         if isinstance(result, int) and result:
             return result
-        print(f"=== {name} done in {time.time() - t0:.1f}s ===", file=sys.stderr, flush=True)
+        times[name] = time.perf_counter() - t0
+        print(f"=== {name} done in {duration_text(times[name])} ===", file=sys.stderr, flush=True)
     out = Path(cfg.output).resolve()
-    print(f"\nAll stages finished in {time.time() - t_all:.0f}s.\n"
+    started = time.time() - psutil.Process().create_time()  # the process's wall time: start-up and imports too
+    print(f"\nAll stages finished in {duration_text(started)} ("
+          + ", ".join(f"{k} {duration_text(v)}" for k, v in times.items())
+          + f", start-up {duration_text(max(started - sum(times.values()), 0))}).\n"
           f"  pretrained model + tokenizer: {out / 'pretrain' / 'model'}\n"
+          f"  model card and curves:        {out / 'pretrain' / 'model' / 'README.md'} (curves.png)\n"
           f"  TensorBoard logs:             tensorboard --logdir {out / 'pretrain' / 'tensorboard'}\n"
           f"  checkpoints:                  {out / 'pretrain' / 'checkpoints'}\n"
           f"  fine-tune report:             {out / 'finetune' / 'report.md'} (metrics.json, learning_curve.png)\n"

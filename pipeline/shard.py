@@ -29,8 +29,8 @@ from pipeline.errors import PipelineError
 from pipeline.nsp import NOT_NEXT, document_pairs
 from pipeline.parallel import ordered_map
 from pipeline.progress import Progress
-from pipeline.shards import read_manifest
-from pipeline.tokenizer import check_tokenizer_dir
+from pipeline.shards import MANIFEST, read_manifest
+from pipeline.tokenizer import TOKENIZER_FILES, check_tokenizer_dir
 
 
 @dataclass
@@ -222,10 +222,14 @@ def run(cfg: Config) -> dict:
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:
-    """Copy the tokenizer atomically: a folder named ``tokenizer`` is always a whole one."""
+    """Copy the tokenizer's files (not a model folder's weights) atomically: a folder named
+    ``tokenizer`` is always a whole one."""
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
+    tmp.mkdir(parents=True)
+    for name in TOKENIZER_FILES + (MANIFEST, "report.json"):
+        if (src / name).exists():
+            shutil.copy2(src / name, tmp / name)
     if dst.exists():
         shutil.rmtree(dst)
     os.rename(tmp, dst)

@@ -26,6 +26,9 @@ import pyarrow as pa
 from pipeline.errors import PipelineError
 
 MANIFEST = "manifest.json"
+# What ``datasets.load_from_disk`` reads: one Dataset (state.json at the top) for a single kind
+# of shard file, a DatasetDict (one folder per split) for several; they point at our files.
+DATASET_FILES = ("state.json", "dataset_info.json", "dataset_dict.json")
 
 
 def fingerprint(obj: Any) -> str:
@@ -141,7 +144,7 @@ def read_record(out: Path, index: int, config_hash: str) -> dict | None:
 def _owned(names: tuple[str, ...], extra: tuple[str, ...]) -> re.Pattern:
     """Names a stage writes into its output: shard files and records, the manifest, their
     temporaries, and ``extra`` entries (the shard stage's ``tokenizer`` copy)."""
-    own = "|".join(map(re.escape, (MANIFEST, *extra)))
+    own = "|".join(map(re.escape, (MANIFEST, *DATASET_FILES, *names, *extra)))
     shard = "|".join(map(re.escape, names))
     return re.compile(rf"^\.?(?:{own}|shard-\d{{5}}\.json|(?:{shard})-\d{{5}}\.arrow)(?:\.tmp-\d+)?$")
 
@@ -252,8 +255,30 @@ def write_manifest(out: Path, records: list[dict], manifest: dict, identity: dic
     manifest = dict(manifest, **totals, identity=identity, config_hash=fingerprint(identity),
                     num_shards=len(records), shards=records)
     manifest["fingerprint"] = output_fingerprint(manifest)
+    write_dataset_index(out, records, manifest["fingerprint"])
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def write_dataset_index(out: Path, records: list[dict], fingerprint_: str) -> None:
+    """Let ``datasets.load_from_disk(out)`` open the shards in place (no copy): a Dataset of
+    every shard file, or a DatasetDict of one split per file kind (``train``, ``valid``)."""
+    names = list(records[0]["files"]) if records else []
+
+    def index(folder: Path, name: str, prefix: str) -> None:
+        folder.mkdir(exist_ok=True)
+        atomic_write_json(folder / "state.json", {
+            "_data_files": [{"filename": prefix + r["files"][name]["file"]} for r in records],
+            "_fingerprint": fingerprint_[:16], "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+            "_output_all_columns": False, "_split": None if prefix == "" else name})
+        atomic_write_json(folder / "dataset_info.json", {"description": f"kowiki-bert {name} files, see ../{MANIFEST}"})
+
+    if len(names) == 1:
+        index(out, names[0], "")
+    elif names:
+        for name in names:
+            index(out / name, name, "../")
+        atomic_write_json(out / "dataset_dict.json", {"splits": names})
 
 
 def verify_checksums(out: Path, manifest: dict, hint: str) -> int:

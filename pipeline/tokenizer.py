@@ -21,13 +21,29 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from pipeline.config import fail, option
 from pipeline.corpus import load_documents
 from pipeline.errors import PipelineError
-from pipeline.shards import MANIFEST, atomic_write_json, check_not_inputs, differences, output_fingerprint, read_manifest, recover_swap, swap_dir
+from pipeline.shards import (
+    MANIFEST,
+    atomic_write_json,
+    check_not_inputs,
+    differences,
+    output_fingerprint,
+    read_manifest,
+    recover_swap,
+    swap_dir,
+)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -100,15 +116,43 @@ def jamo_share(vocab: dict[str, int]) -> float:
     return bad / max(len(vocab), 1)
 
 
-def to_transformers(tok: Tokenizer) -> PreTrainedTokenizerFast:
+def with_bert_template(tok: Tokenizer) -> Tokenizer:
+    """``[CLS] A [SEP]`` / ``[CLS] A [SEP] B [SEP]`` with token types, as BERT's tokenizers add them."""
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-        cls_token="[CLS]", mask_token="[MASK]", model_max_length=512,
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+    return tok
+
+
+# What BERT users expect in tokenizer_config.json: a BERT class that transformers 4.x and 5.x
+# both know, and no lowercasing or accent stripping (their NFD would split Hangul into jamo).
+PORTABLE_CONFIG = {"tokenizer_class": "BertTokenizer", "do_lower_case": False, "strip_accents": False,
+                   "tokenize_chinese_chars": True, "do_basic_tokenize": True, "never_split": None,
+                   "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                   "mask_token": "[MASK]", "model_max_length": 512, "clean_up_tokenization_spaces": False,
+                   "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def write_tokenizer(tok, out: Path) -> None:
+    """Save a WordPiece tokenizer so that it loads alike under transformers 4.x and 5.x.
+
+    ``tokenizer.json`` is the exact pipeline (fast tokenizers), ``vocab.txt`` serves the slow
+    ``BertTokenizer`` (whose basic tokenizer applies NFC too), and the config names
+    ``BertTokenizer``, not transformers 5's ``TokenizersBackend`` that 4.x cannot load.
+    ``tok`` is a ``tokenizers.Tokenizer`` or a fast transformers tokenizer.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    backend = getattr(tok, "backend_tokenizer", tok)
+    vocab = sorted(backend.get_vocab().items(), key=lambda kv: kv[1])
+    if [i for _, i in vocab] != list(range(len(vocab))):
+        raise PipelineError("tokenizer: the vocabulary ids are not 0..n-1, so no vocab.txt can list them; report this as a bug")
+    backend.save(str(out / "tokenizer.json"))
+    (out / "vocab.txt").write_text("".join(f"{piece}\n" for piece, _ in vocab), encoding="utf-8")
+    atomic_write_json(out / "tokenizer_config.json", PORTABLE_CONFIG)
+    atomic_write_json(out / "special_tokens_map.json", {k: v for k, v in PORTABLE_CONFIG.items() if k.endswith("_token")})
 
 
 def tokenizer_hash(path: str | Path) -> str:
@@ -128,13 +172,25 @@ def read_tokenizer_manifest(path: Path) -> dict | None:
 
 
 def check_tokenizer_dir(path: str | Path) -> str:
-    """The hash of a complete tokenizer-stage output; refuses partial or edited ones."""
+    """The hash of a complete tokenizer: this stage's output (refusing partial or edited ones),
+    or another model's WordPiece tokenizer (``tokenizer.json`` with BERT's special tokens), for
+    continued pretraining of that model."""
     path = Path(path)
     digest = tokenizer_hash(path)
     manifest = read_tokenizer_manifest(path)
-    if manifest is None:
-        raise PipelineError(f"{path}: no readable {MANIFEST}, so it is not a complete 'kowiki-bert tokenizer' output; "
+    if manifest is None and (path / MANIFEST).exists():
+        raise PipelineError(f"{path}: {MANIFEST} is unreadable, so it is not a complete 'kowiki-bert tokenizer' output; "
                             "run 'kowiki-bert tokenizer' (again) for it")
+    if manifest is None and ((path / "report.json").exists() or not (path / "tokenizer_config.json").exists()):
+        raise PipelineError(f"{path}: no {MANIFEST}, so it is not a complete 'kowiki-bert tokenizer' output (nor a Hugging "
+                            "Face tokenizer folder with tokenizer_config.json); run 'kowiki-bert tokenizer' (again) for it")
+    if manifest is None:  # another model's tokenizer, e.g. to continue pretraining that model
+        vocab = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab()
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing:
+            raise PipelineError(f"{path}/tokenizer.json lacks BERT's special tokens {', '.join(missing)}; pass a BERT "
+                                "WordPiece tokenizer or one made by 'kowiki-bert tokenizer'")
+        return digest
     if manifest["tokenizer_hash"] != digest:
         raise PipelineError(f"{path}/tokenizer.json changed after 'kowiki-bert tokenizer' wrote it "
                             f"(hash {digest}, recorded {manifest['tokenizer_hash']}); run the tokenizer stage again")
@@ -202,7 +258,7 @@ def save(tok: Tokenizer, report: dict, identity: dict, out: Path) -> None:
     """Write beside ``out``, manifest last, then swap in: ``out`` is always a whole tokenizer."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    to_transformers(tok).save_pretrained(str(tmp))
+    write_tokenizer(with_bert_template(tok), tmp)
     atomic_write_json(tmp / "report.json", report)
     files = sorted(p.name for p in tmp.iterdir())
     atomic_write_json(tmp / MANIFEST, {"kind": "tokenizer", "identity": identity, "tokenizer_hash": tokenizer_hash(tmp),

@@ -40,3 +40,12 @@ def test_help_shows_defaults_not_python_internals(stage, capsys):
         console.main([stage, "--help"])
     out = capsys.readouterr().out
     assert "_MISSING_TYPE" not in out and "object at 0x" not in out
+
+
+def test_run_reports_each_stage_and_the_whole_process_time(tmp_path):
+    proc = cli("run", "--output", tmp_path, "--max-steps", 4)
+    times = dict(re.findall(r"=== (\S+) done in ([\d.]+)s ===", proc.stderr))
+    assert list(times) == ["extract", "tokenizer", "shard", "pretrain", "finetune", "fill-mask"]
+    total = float(re.search(r"All stages finished in ([\d.]+)s \(", proc.stdout).group(1))
+    assert all(float(t) > 0 for t in times.values()) and total >= sum(map(float, times.values()))
+    assert "start-up" in proc.stdout and "model card" in proc.stdout

@@ -213,6 +213,9 @@ def test_checkpoints_of_another_run_are_never_resumed_or_pruned(sample_data, tmp
     proc = cli(*pretrain_args(sample_data["shards"], other, "--seed", 1, "--resume", out / "checkpoints" / "step-00000004"),
                check=False)
     assert proc.returncode == 2 and "belongs to another run" in proc.stderr.strip().splitlines()[-1]
+    proc = cli(*pretrain_args(sample_data["shards"], out, "--global-batch-size", 32, "--max-steps", 8), check=False)
+    line = proc.stderr.strip().splitlines()[-1]  # a new batch size is a new run, started from the weights
+    assert "global_batch_size: 16 -> 32" in line and f"--init-from {out / 'checkpoints' / 'step-00000004'}" in line
     assert {p.name: ckpt.checksums(p) for p in ckpt.candidates(out / "checkpoints")} == before
 
 
