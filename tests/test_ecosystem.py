@@ -240,3 +240,16 @@ def test_help_is_fast_because_it_imports_no_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'accelerate', 'deepspeed', 'datasets') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), cwd=ROOT)
     assert proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
+def test_init_from_a_masked_lm_without_nsp_head_says_what_it_initialized(sample_data, tiny_model, tmp_path):
+    mlm = tmp_path / "mlm"
+    AutoModelForMaskedLM.from_pretrained(str(tiny_model / "model")).save_pretrained(str(mlm))  # no pooler, no NSP head
+    AutoTokenizer.from_pretrained(str(tiny_model / "model")).save_pretrained(str(mlm))
+    proc = cli("pretrain", "--data", sample_data["shards"], "--output", tmp_path / "o", "--init-from", mlm, "--max-steps", 2,
+               *PRETRAIN_FAST)
+    line = next(x for x in proc.stderr.splitlines() if "initialized from" in x)
+    assert "newly initialized:" in line and "cls.seq_relationship.weight" in line and "bert.pooler.dense.weight" in line
+    before = load_file(str(mlm / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
+    after = load_file(str(tmp_path / "o" / "model" / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
+    assert (after - before).abs().max() < 0.05  # the encoder came from the masked LM
