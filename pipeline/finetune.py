@@ -155,6 +155,17 @@ def train_epoch(model, loader, optimizer, scheduler, backward, clip: float, clip
     return loss_sum / max(n, 1)
 
 
+def optimizer_and_schedule(model, cfg: Config, steps: int):
+    """AdamW with linear warmup and decay over ``steps``: the fine-tuning recipe."""
+    import torch
+
+    from pipeline.optim import build_optimizer, lr_factor
+
+    optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
+    warmup = int(cfg.warmup_ratio * steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+
+
 def train_seed(accelerator, cfg: Config, seed: int, data, tokenizer, out: Path, trackers=(), step0: int = 0) -> dict:
     """Train one seed; keeps the best epoch's model in ``out/model``; returns its history."""
     import torch
@@ -162,7 +173,6 @@ def train_seed(accelerator, cfg: Config, seed: int, data, tokenizer, out: Path, 
 
     from pipeline.distributed import fill_deepspeed_auto
     from pipeline.export import full_state_dict, save_hf
-    from pipeline.optim import build_optimizer, lr_factor
 
     spec, names, train, evals, binary = data
     num_labels = 1 if spec.regression else len(names)
@@ -177,10 +187,7 @@ def train_seed(accelerator, cfg: Config, seed: int, data, tokenizer, out: Path, 
     train_dl = torch.utils.data.DataLoader(train, batch_size=per_device, shuffle=True, collate_fn=collate, generator=g)
     eval_dl = torch.utils.data.DataLoader(evals, batch_size=cfg.eval_batch_size, collate_fn=collate)
     fill_deepspeed_auto(accelerator, per_device, 1, cfg.clip_grad_norm, cfg.precision)
-    optimizer = build_optimizer(model.to(accelerator.device), "adamw", cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
-    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    warmup = int(cfg.warmup_ratio * steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+    optimizer, scheduler = optimizer_and_schedule(model.to(accelerator.device), cfg, cfg.epochs * math.ceil(len(train) / cfg.batch_size))
     model, optimizer, train_dl, eval_dl = accelerator.prepare(model, optimizer, train_dl, eval_dl)
     history, best, best_value, stale = [], None, -math.inf, 0
     for epoch in range(1, cfg.epochs + 1):
@@ -315,8 +322,6 @@ class Probe:
         import torch
         from transformers import BertForSequenceClassification
 
-        from pipeline.optim import build_optimizer, lr_factor
-
         spec, names, train, evals, binary = self.data
         cfg = self.cfg
         num_labels = 1 if spec.regression else len(names)
@@ -335,10 +340,7 @@ class Probe:
             train_dl = torch.utils.data.DataLoader(train, batch_size=min(cfg.batch_size, len(train)), shuffle=True,
                                                    collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seeds[0]))
             eval_dl = torch.utils.data.DataLoader(evals, batch_size=cfg.eval_batch_size, collate_fn=collate)
-            optimizer = build_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, (0.9, 0.999), 1e-8)
-            steps = cfg.epochs * len(train_dl)
-            warmup = int(cfg.warmup_ratio * steps)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, steps))
+            optimizer, scheduler = optimizer_and_schedule(model, cfg, cfg.epochs * len(train_dl))
             model.train()
             for _ in range(cfg.epochs):
                 train_epoch(model, on_device(train_dl), optimizer, scheduler, lambda loss: loss.backward(),

@@ -29,15 +29,17 @@ def plan(cfg, world: int | None = None, zero_stage: int = -1) -> dict:
     manifest_file = Path(cfg.data) / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
     seq, vocab = manifest.get("max_seq_len", 128), manifest.get("vocab_size", 32000)
-    bert = source_config(cfg.init_from) or bert_config(cfg.model.size, vocab, max(512, seq))
+    source = source_config(cfg.init_from)
+    bert = source or bert_config(cfg.model.size, vocab, max(512, seq))
+    architecture = (f"of --init-from {cfg.init_from}" if source else f"model.size {cfg.model.size}"
+                    + (f" (--init-from {cfg.init_from} is not on disk yet)" if cfg.init_from else ""))
     slots = -(-max(1, round(seq * t.mlm_probability)) // 8) * 8
     tokens = t.global_batch_size * seq
     dense, embed = count_params(bert)
     return {"world_size": world, "gradient_accumulation_steps": t.global_batch_size // per_step,
             "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size, "seq_len": seq,
             "assumed_shape": not manifest, "tokens_per_step": tokens, "parameters": dense + embed,
-            "architecture": (f"of --init-from {cfg.init_from}" if source_config(cfg.init_from) else
-                             f"model.size {cfg.model.size}" + (f" (--init-from {cfg.init_from} is not on disk yet)" if cfg.init_from else "")),
+            "architecture": architecture,
             "flops_per_step": train_flops(bert, tokens, seq, round(t.global_batch_size * seq * t.mlm_probability)),
             "memory_gib_per_gpu": memory_per_gpu(bert, t.micro_batch_size, seq, slots, world, zero_stage)}
 

@@ -116,9 +116,9 @@ def from_pretrained(source: str, tokenizer, max_seq_len: int, dropout: float, at
         theirs = None  # weights only: the vocabulary size is all there is to compare
     ours = tokenizer.get_vocab()
     if (theirs is not None and theirs != ours) or config.vocab_size != len(ours):
-        diff = next((t for t, i in sorted(ours.items(), key=lambda kv: kv[1]) if (theirs or {}).get(t) != i), None)
+        diff = theirs and next((t for t, i in sorted(ours.items(), key=lambda kv: kv[1]) if theirs.get(t) != i), None)
         raise PipelineError(f"--init-from {source}: its vocabulary ({config.vocab_size} pieces) is not the shards' "
-                            f"({len(ours)} pieces" + (f", first difference {diff!r}" if theirs is not None and diff else "")
+                            f"({len(ours)} pieces" + (f", first difference {diff!r}" if diff else "")
                             + f"); shard the corpus with its tokenizer: kowiki-bert shard --tokenizer {where} ...")
     if config.max_position_embeddings < max_seq_len:
         raise PipelineError(f"--init-from {source} has {config.max_position_embeddings} positions, fewer than the shards' "

@@ -319,12 +319,7 @@ def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
     on every rank."""
     import torch
 
-    from pipeline.model import (
-        PreTrainingModel,
-        bert_config,
-        build_model,
-        from_pretrained,
-    )
+    from pipeline.model import PreTrainingModel, bert_config, build_model, from_pretrained
 
     torch.manual_seed(cfg.seed)
     if not cfg.init_from:
@@ -349,8 +344,7 @@ def recipe(cfg: Config, manifest: dict, accelerator) -> dict:
 
 
 def model_card(cfg: Config, bert_cfg, state: dict, curves: str | None = None) -> str:
-    probe = ({"task": state["probe"]["task"], "metric": state["probe"]["metric"], "scores": state["probe"]["scores"]}
-             if state.get("probe", {}).get("scores") else None)
+    probe = state.get("probe") if state.get("probe", {}).get("scores") else None
     name = cfg.publish.push_to_hub.split("/")[-1] or f"kowiki-bert {Path(cfg.output).name}"
     return pretrain_card(name=name, license=cfg.publish.license, bert_cfg=bert_cfg, recipe=state["recipe"],
                          step=state["step"], tokens=state["tokens_seen"], eval_metrics=state.get("eval", {}),

@@ -16,6 +16,11 @@ def duration(seconds: float) -> str:
     return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def elapsed(seconds: float) -> str:
+    """A measured time, sub-second ones included (``0.23s``, ``56s``)."""
+    return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.0f}s"
+
+
 class Progress:
     def __init__(self, stage: str, unit: str, total: int | None = None, every: float = 30.0):
         self.stage, self.unit, self.total, self.every = stage, unit, total, every

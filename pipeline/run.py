@@ -17,6 +17,7 @@ import psutil
 from pipeline import extract, fill_mask, finetune, pretrain, shard, tokenizer
 from pipeline.config import load_config, option
 from pipeline.presets import PRESETS
+from pipeline.progress import elapsed
 from pipeline.sample.build import DUMP, REVIEWS_EVAL, REVIEWS_TRAIN
 
 PROBE = "이순신은 [MASK] 중기의 무신이다."
@@ -62,10 +63,6 @@ def stage_configs(cfg: Config) -> dict:
     }
 
 
-def duration_text(seconds: float) -> str:
-    return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.0f}s"
-
-
 def run(cfg: Config) -> int:
     stages = {"extract": extract, "tokenizer": tokenizer, "shard": shard, "pretrain": pretrain,
               "finetune": finetune, "fill-mask": fill_mask}
@@ -78,12 +75,12 @@ def run(cfg: Config) -> int:
         if isinstance(result, int) and result:
             return result
         times[name] = time.perf_counter() - t0
-        print(f"=== {name} done in {duration_text(times[name])} ===", file=sys.stderr, flush=True)
+        print(f"=== {name} done in {elapsed(times[name])} ===", file=sys.stderr, flush=True)
     out = Path(cfg.output).resolve()
     started = time.time() - psutil.Process().create_time()  # the process's wall time: start-up and imports too
-    print(f"\nAll stages finished in {duration_text(started)} ("
-          + ", ".join(f"{k} {duration_text(v)}" for k, v in times.items())
-          + f", start-up {duration_text(max(started - sum(times.values()), 0))}).\n"
+    print(f"\nAll stages finished in {elapsed(started)} ("
+          + ", ".join(f"{k} {elapsed(v)}" for k, v in times.items())
+          + f", start-up {elapsed(max(started - sum(times.values()), 0))}).\n"
           f"  pretrained model + tokenizer: {out / 'pretrain' / 'model'}\n"
           f"  model card and curves:        {out / 'pretrain' / 'model' / 'README.md'} (curves.png)\n"
           f"  TensorBoard logs:             tensorboard --logdir {out / 'pretrain' / 'tensorboard'}\n"

@@ -16,7 +16,6 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
-PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def check_installed(names: list[str]) -> None:
@@ -24,7 +23,7 @@ def check_installed(names: list[str]) -> None:
     missing = []
     for name in names:
         try:
-            importlib.import_module(PACKAGES[name])
+            importlib.import_module(name)  # each tracker's package has its name
         except ImportError:
             missing.append(name)
     if missing:
