@@ -112,7 +112,7 @@ def child(args) -> None:
         if ours:
             b = collate(exs)
             masked, real, _ = host_counts([b])
-            train_step(accelerator, model, forward, opt, [b], masked, meter, params, 1.0, args.batch)
+            train_step(accelerator, model, forward, opt, [b], meter, params, 1.0, args.batch)
             if (i + 1) % args.log_every == 0 or i + 1 == len(steps):
                 t = meter.flush(accelerator, False)
                 losses.append((i + 1, t["mlm_sum"] / max(t["mlm_count"], 1) + t["nsp_sum"] / max(t["nsp_count"], 1)))

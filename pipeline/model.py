@@ -64,7 +64,7 @@ class PreTrainingModel(nn.Module):
                 "mlm_sum": mlm_sum.detach(), "nsp_sum": nsp_sum.detach(),
                 "mlm_correct": ((logits.argmax(-1) == targets) & real).sum(),
                 "nsp_correct": (nsp_logits.argmax(-1) == next_sentence_label).sum(),
-                "mlm_count": mlm_count, "nsp_count": torch.tensor(next_sentence_label.numel(), device=pooled.device)}
+                "mlm_count": mlm_count, "nsp_count": torch.full((), next_sentence_label.numel(), device=pooled.device)}
 
     def extended_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """The padding mask as the 4D mask attention uses. Given ready-made, transformers 5

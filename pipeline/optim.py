@@ -31,9 +31,12 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 class Lamb(torch.optim.Optimizer):
     """LAMB (You et al., 2019): Adam with a per-layer trust ratio, for very large batches.
 
-    Written with ``torch._foreach`` ops over all tensors of a group and no host reads; a
-    ``found_inf`` attribute (set per step, as a GradScaler does for fused Adam) turns the
-    step into a no-op on the device.
+    Written with ``torch._foreach`` ops over all tensors of a group, with Python scalars or
+    device tensors as operands (never a 0-dim tensor where the op wants a number, which makes
+    PyTorch read it back with ``.item()``). A ``found_inf`` attribute (set per step, as a
+    GradScaler does for fused Adam) makes the step a no-op on the device: the new moments,
+    step counts and weights are computed, then *selected* with ``torch.where``, so a NaN or
+    inf gradient can never leak into the kept state (``0 * inf`` is NaN; selection is exact).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01):
@@ -47,11 +50,12 @@ class Lamb(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            keep = torch.ones((), device=params[0].device) if found_inf is None else 1.0 - found_inf.to(params[0].device)
-            self._step_group(group, params, keep)
+            device = params[0].device
+            bad = torch.zeros((), dtype=torch.bool, device=device) if found_inf is None else found_inf.to(device) > 0
+            self._step_group(group, params, bad)
         return loss
 
-    def _step_group(self, group: dict, params: list, keep: torch.Tensor) -> None:
+    def _step_group(self, group: dict, params: list, bad: torch.Tensor) -> None:
         beta1, beta2 = group["betas"]
         for p in params:
             if not self.state[p]:
@@ -60,19 +64,24 @@ class Lamb(torch.optim.Optimizer):
                                      exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
         states = [self.state[p] for p in params]
         grads = [p.grad for p in params]
-        m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-        torch._foreach_add_([s["step"] for s in states], keep)
-        torch._foreach_lerp_(m, grads, (1 - beta1) * keep)  # a skipped step leaves m, v unchanged
-        torch._foreach_mul_(v, 1 - (1 - beta2) * keep)
-        torch._foreach_addcmul_(v, torch._foreach_mul(grads, (1 - beta2) * keep), grads)
-        t = states[0]["step"].clamp(min=1)
-        m_hat = torch._foreach_div(m, 1 - beta1 ** t)
-        denom = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(v, 1 - beta2 ** t)), group["eps"])
-        update = torch._foreach_add(torch._foreach_div(m_hat, denom), params, alpha=group["weight_decay"])
+        m, v, steps = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [s["step"] for s in states]
+        new_m = torch._foreach_lerp(m, grads, 1 - beta1)
+        new_v = torch._foreach_mul(v, beta2)
+        torch._foreach_addcmul_(new_v, grads, grads, value=1 - beta2)
+        t = steps[0] + 1
+        m_hat = torch._foreach_div(new_m, 1 - torch.pow(beta1, t))
+        denom = torch._foreach_sqrt(torch._foreach_div(new_v, 1 - torch.pow(beta2, t)))
+        torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(m_hat, denom)
+        torch._foreach_add_(update, params, alpha=group["weight_decay"])
         w_norm, u_norm = torch._foreach_norm(params), torch._foreach_norm(update)
-        scale = [torch.where((w > 0) & (u > 0), w / u, torch.ones_like(w)) * (-group["lr"]) * keep
-                 for w, u in zip(w_norm, u_norm)]
-        torch._foreach_add_(params, torch._foreach_mul(update, scale))
+        scale = [torch.where((w > 0) & (u > 0), w / u, torch.ones_like(w)) * -group["lr"] for w, u in zip(w_norm, u_norm)]
+        new_p = torch._foreach_add(params, torch._foreach_mul(update, scale))
+        for kept, new in ((m, new_m), (v, new_v), (params, new_p)):
+            for old, fresh in zip(kept, new):
+                old.copy_(torch.where(bad, old, fresh))
+        for s in steps:
+            s.copy_(torch.where(bad, s, t))
 
 
 def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float,

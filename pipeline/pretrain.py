@@ -553,7 +553,7 @@ def train(cfg: Config) -> int:
         micro = [next(batches) for _ in range(accum)]
         masked, real, length = host_counts(micro)
         meter.add_host(real, train_flops(bert_cfg, real, length, masked))
-        train_step(accelerator, model, forward, optimizer, micro, masked, meter, params, cfg.optim.clip_grad_norm,
+        train_step(accelerator, model, forward, optimizer, micro, meter, params, cfg.optim.clip_grad_norm,
                    cfg.train.global_batch_size)
         scheduler.step()
         state["step"] += 1

@@ -54,7 +54,9 @@ class Meter:
         values = packed.tolist()
         n, world = len(TALLIES), accelerator.num_processes
         out = dict(zip(TALLIES, values[:n]))
-        out.update(skipped=values[n], worst_run=values[n + 1] / world, grad_norm=values[n + 2] / world,
+        # Every rank sees the same (all-reduced) gradient, so each counts the same skipped
+        # steps: divide the sum, or one skipped step would read as the world size.
+        out.update(skipped=round(values[n] / world), worst_run=values[n + 1] / world, grad_norm=values[n + 2] / world,
                    tokens=values[n + 3], flops=values[n + 4], stop=values[n + 5] > 0)
         self.sums.zero_()
         self.worst_run = self.bad_run.clone()  # a run of bad steps goes on across flushes
@@ -62,9 +64,10 @@ class Meter:
         return out
 
 
-def global_count(accelerator, local: int) -> torch.Tensor:
-    """The sum of a host-side count over ranks, left on the device (an async all-reduce)."""
-    t = torch.tensor(float(local), device=accelerator.device)
+def masked_count(accelerator, batches: list[dict]) -> torch.Tensor:
+    """Masked tokens of this step over all ranks, counted on the device from the device-side
+    labels and left there (an async all-reduce): no host value is copied in."""
+    t = sum((b["mlm_labels"] != -100).sum() for b in batches).float()
     if accelerator.num_processes > 1:
         dist.all_reduce(t)
     return t
@@ -89,20 +92,20 @@ def host_counts(micro: list[dict]) -> tuple[int, int, int]:
             sum(int(b["attention_mask"].sum()) for b in micro), micro[0]["input_ids"].shape[1])
 
 
-def train_step(accelerator, model, forward, optimizer, micro: list[dict], masked: int, meter: Meter, params: list,
+def train_step(accelerator, model, forward, optimizer, micro: list[dict], meter: Meter, params: list,
                clip: float, global_batch: int) -> torch.Tensor | None:
-    """Forward, backward and optimizer step over ``micro`` (this rank's accumulation batches,
-    ``masked`` their masked tokens); returns the gradient norm, left on the device.
+    """Forward, backward and optimizer step over ``micro`` (this rank's accumulation batches);
+    returns the gradient norm, left on the device.
 
     ``model`` is the prepared module (its ``no_sync`` drives accumulation), ``forward`` the
     same module compiled, or itself.
     """
     world, accum = accelerator.num_processes, len(micro)
-    mlm_den = global_count(accelerator, masked).clamp(min=1) / (world * accum)
+    batches = [{k: b[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS} for b in micro]
+    mlm_den = masked_count(accelerator, batches).clamp(min=1) / (world * accum)
     nsp_den = global_batch / (world * accum)
     grad_norm, finite = None, torch.ones((), dtype=torch.bool, device=accelerator.device)
-    for b in micro:
-        inputs = {k: b[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS}
+    for inputs in batches:
         with accelerator.accumulate(model):
             res = forward(**inputs, mlm_denominator=mlm_den, nsp_denominator=nsp_den)
             accelerator.backward(res["loss"])
@@ -110,7 +113,7 @@ def train_step(accelerator, model, forward, optimizer, micro: list[dict], masked
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(params, clip or float("inf"))
                 if grad_norm is not None and not torch.is_tensor(grad_norm):  # DeepSpeed's own norm, a float
-                    grad_norm = torch.tensor(float(grad_norm), device=accelerator.device)
+                    grad_norm = torch.full((), float(grad_norm), device=accelerator.device)
                 if grad_norm is not None:
                     finite = finite & torch.isfinite(grad_norm)
                 skip_if_not_finite(accelerator, optimizer, finite)
