@@ -119,7 +119,8 @@ class MLMNSPCollator:
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 0, whole_word: bool = False,
                  pad_to_multiple_of: int | None = 8, epoch: int = 0, max_seq_len: int = 512,
-                 buckets: tuple[int, ...] | None = None):
+                 buckets: tuple[int, ...] | None = None, padding_free: bool = False):
+        self.padding_free, self.max_seq_len = padding_free, max_seq_len
         self.mlm_probability, self.seed, self.whole_word, self.epoch = mlm_probability, seed, whole_word, epoch
         self.pad_to_multiple_of = pad_to_multiple_of
         self.buckets = tuple(sorted(buckets)) if buckets else None
@@ -194,9 +195,35 @@ class MLMNSPCollator:
             pos = np.flatnonzero(labels != -100)[:p]
             batch["mlm_positions"][row, :len(pos)] = pos
             batch["mlm_labels"][row, :len(pos)] = labels[pos]
+        if self.padding_free:
+            batch = packed(batch)
         out = {k: torch.from_numpy(v) for k, v in batch.items()}
         out["next_sentence_label"] = torch.tensor([e["next_sentence_label"] for e in examples], dtype=torch.long)
         return out
+
+    def shape_examples(self, rows: int) -> list[list[dict]]:
+        """One batch of placeholder examples per padded length training can see, for
+        compiling every graph before step 1."""
+        lengths = self.buckets or (self.max_seq_len,)
+        return [[{"input_ids": np.full(n, self.random_ids[0]), "token_type_ids": np.zeros(n, np.int64),
+                  "next_sentence_label": 0, "index": i} for i in range(rows)] for n in lengths]
+
+
+def packed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A padded batch as one stream of its real tokens (``pipeline.unpadded``), built on the
+    host so that the device never computes a data-dependent shape."""
+    mask = batch["attention_mask"].astype(bool)
+    rows, length = mask.shape
+    token_index = np.flatnonzero(mask.ravel())
+    cu = np.zeros(rows + 1, dtype=np.int32)
+    cu[1:] = np.cumsum(mask.sum(1))
+    slots = batch["mlm_positions"] + cu[:-1, None]
+    real = batch["mlm_labels"] != -100
+    return {"input_ids": batch["input_ids"].ravel()[token_index],
+            "token_type_ids": batch["token_type_ids"].ravel()[token_index],
+            "position_ids": np.tile(np.arange(length), rows)[token_index], "cu_seqlens": cu, "token_index": token_index,
+            "attention_mask": batch["attention_mask"], "labels": batch["labels"],
+            "mlm_positions": np.where(real, slots, 0).ravel(), "mlm_labels": batch["mlm_labels"].ravel()}
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:

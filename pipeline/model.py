@@ -12,6 +12,7 @@ from transformers import BertConfig, BertForPreTraining
 
 from pipeline.errors import PipelineError
 from pipeline.presets import PRESETS
+from pipeline.unpadded import encode
 
 
 def bert_config(size: str, vocab_size: int, max_position: int = 512, dropout: float = 0.1,
@@ -40,18 +41,25 @@ class PreTrainingModel(nn.Module):
         self.bert = bert
 
     def forward(self, input_ids, token_type_ids, attention_mask, next_sentence_label, mlm_positions, mlm_labels,
-                mlm_denominator=None, nsp_denominator=None, labels=None) -> dict[str, torch.Tensor]:
+                mlm_denominator=None, nsp_denominator=None, labels=None, position_ids=None, cu_seqlens=None,
+                token_index=None) -> dict[str, torch.Tensor]:
         """Summed losses and hit counts; ``loss`` divides the sums by the given denominators.
 
         Dividing by the global token count (rather than each micro-batch's own mean) makes
         gradient accumulation over k micro-batches equal to one k-times larger batch. Every
         shape is static and nothing is read back to the host: no step waits on the device.
         ``labels`` (B, S) is accepted and unused: ``mlm_positions``/``mlm_labels`` carry it.
+        With ``cu_seqlens`` the batch is a padding-free stream (``pipeline.unpadded``).
         """
-        seq, pooled = self.bert.bert(input_ids=input_ids, token_type_ids=token_type_ids,
-                                     attention_mask=self.extended_mask(attention_mask), return_dict=False)[:2]
-        index = mlm_positions.unsqueeze(-1).expand(-1, -1, seq.shape[-1])
-        logits = self.bert.cls.predictions(seq.gather(1, index)).float().flatten(0, 1)
+        if cu_seqlens is not None:
+            seq, pooled = encode(self.bert.bert, input_ids, token_type_ids, position_ids, cu_seqlens, token_index,
+                                 attention_mask)
+            picked = seq.index_select(0, mlm_positions.flatten())
+        else:
+            seq, pooled = self.bert.bert(input_ids=input_ids, token_type_ids=token_type_ids,
+                                         attention_mask=self.extended_mask(attention_mask), return_dict=False)[:2]
+            picked = seq.gather(1, mlm_positions.unsqueeze(-1).expand(-1, -1, seq.shape[-1])).flatten(0, 1)
+        logits = self.bert.cls.predictions(picked).float()
         targets = mlm_labels.flatten()
         mlm_sum = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
         nsp_logits = self.bert.cls.seq_relationship(pooled).float()

@@ -65,6 +65,9 @@ class TrainArgs:
     mlm_probability: float = option(0.15, "share of real tokens masked", bounds="(0, 1)")
     whole_word_mask: bool = option(False, "mask all pieces of a word together")
     num_workers: int = option(-1, "data-loading worker processes per rank (-1: 4 on a GPU, 1 on CPU)", bounds="[-1, inf)")
+    padding_free: str = option("auto", "compute real tokens only: the batch as one stream of its tokens and attention "
+                                       "per sequence (FlashAttention varlen on CUDA); auto: on where it pays (CUDA)",
+                               choices=("auto", "on", "off"))
     pad_buckets: int = option(3, "pad batches to one of this many lengths (max_seq_len, half, quarter...) so compiled steps see few shapes; 0: to the longest example", bounds="[0, 8]")
     log_every: int = option(10, "steps between TensorBoard scalars", bounds="[1, inf)")
     max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps", bounds="[0, inf)")
@@ -162,17 +165,77 @@ def resolved_precision(precision: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def compile_model(model, cfg: Config, accelerator):
+def compile_model(model, cfg: Config, accelerator, stage: int):
     """``torch.compile`` after ``accelerator.prepare`` (so DDP overlaps gradient communication
-    with the backward), on by default on CUDA; DeepSpeed engines are left as they are."""
+    with the backward), on by default on CUDA: one static graph per pad bucket
+    (``dynamic=False``; a padding-free stream keeps its token count dynamic instead). Under
+    DeepSpeed the engine compiles its module in place (ZeRO-3's parameter hooks break graphs:
+    auto leaves it eager, ``on`` compiles it anyway)."""
     import torch
 
     from pipeline.distributed import is_deepspeed
 
-    on = cfg.model.compile == "on" or (cfg.model.compile == "auto" and accelerator.device.type == "cuda")
-    if not on or is_deepspeed(accelerator):
+    on = cfg.model.compile == "on" or (cfg.model.compile == "auto" and accelerator.device.type == "cuda" and stage < 3)
+    if not on:
         return model
-    return torch.compile(model)
+    kwargs = {"dynamic": None if padding_free(cfg, accelerator) else False}
+    if is_deepspeed(accelerator):
+        model.compile(compile_kwargs=kwargs)
+        return model
+    return torch.compile(model, **kwargs)
+
+
+def padding_free(cfg: Config, accelerator) -> bool:
+    """Whether batches are padding-free streams: auto is on with CUDA, where FlashAttention's
+    varlen kernel makes attention as cheap as the rest (on CPU the exact reference attention
+    re-pads, and measured no gain: benchmarks/README.md)."""
+    return cfg.train.padding_free == "on" or (cfg.train.padding_free == "auto" and accelerator.device.type == "cuda")
+
+
+def warm_up(accelerator, model, forward, collator, eval_collator, cfg: Config) -> dict:
+    """Run every shape training (and, when compiled under DeepSpeed, evaluation) will see once
+    before step 1, so compilation happens here and not in the middle of training: the first
+    step's time and the throughput window stay honest. Weights, gradients and the RNG are as
+    before. Returns the graphs compiled and the seconds it took."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from pipeline.distributed import is_deepspeed
+    from pipeline.step import model_inputs
+
+    if forward is model and not getattr(accelerator.unwrap_model(model), "_compiled_call_impl", None):
+        return {}
+    t0, graphs = time.perf_counter(), counters["stats"]["unique_graphs"]
+    deepspeed = is_deepspeed(accelerator)
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    # the same kinds of denominators train_step passes (a tensor; a float, which compiled code specializes on)
+    accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * accelerator.num_processes)
+    dens = {"mlm_denominator": torch.ones((), device=accelerator.device),
+            "nsp_denominator": cfg.train.global_batch_size / (accelerator.num_processes * accum)}
+    with torch.random.fork_rng(devices=devices):
+        for examples in collator.shape_examples(cfg.train.micro_batch_size):
+            batch = collator(examples)
+            out = forward(**{k: batch[k].to(accelerator.device) for k in model_inputs(batch)}, **dens)
+            if not deepspeed:  # the engine's backward would step ZeRO's buffers; its backward compiles at step 1
+                out["loss"].backward()
+        if not deepspeed:
+            model.zero_grad(set_to_none=True)
+        if deepspeed:  # evaluation runs through the compiled module too
+            model.train(False)
+            with torch.no_grad():
+                for examples in eval_collator.shape_examples(cfg.eval.batch_size):
+                    batch = eval_collator(examples)
+                    forward(**{k: batch[k].to(accelerator.device) for k in model_inputs(batch)})
+            model.train(True)
+    return {"graphs": counters["stats"]["unique_graphs"] - graphs, "seconds": round(time.perf_counter() - t0, 3),
+            "graphs_so_far": counters["stats"]["unique_graphs"]}
+
+
+def recompiles(state: dict) -> int:
+    """Graphs compiled since ``warm_up`` (0 is the goal: a compile mid-run stalls every rank)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"] - state["compile"]["graphs_so_far"] if state.get("compile") else 0
 
 
 def buckets(cfg: Config, manifest: dict) -> tuple[int, ...] | None:
@@ -430,7 +493,7 @@ def evaluate(accelerator, model, valid, collator, cfg: Config) -> dict:
     if len(valid) == 0:
         return {}
     bs = cfg.eval.batch_size
-    total = min(cfg.eval.batches, math.ceil(len(valid) / bs))
+    total = min(cfg.eval.batches, max(1, len(valid) // bs))  # full batches: the shapes warm_up compiled
     per_rank = math.ceil(total / accelerator.num_processes)
     meter = Meter(accelerator.device)
     model.train(False)
@@ -533,10 +596,15 @@ def train(cfg: Config) -> int:
                                                       trackers=state["trackers"]))
         write_status(out, "running", state["step"])
     # --- loop
-    forward = compile_model(model, cfg, accelerator)
+    forward = compile_model(model, cfg, accelerator, stage)
     collator, eval_collator = (MLMNSPCollator(tokenizer, cfg.train.mlm_probability, seed, cfg.train.whole_word_mask,
-                                              max_seq_len=manifest["max_seq_len"], buckets=buckets(cfg, manifest))
-                               for seed in (cfg.seed, cfg.seed + 1))
+                                              max_seq_len=manifest["max_seq_len"], buckets=buckets(cfg, manifest),
+                                              padding_free=stream)
+                               for seed, stream in ((cfg.seed, padding_free(cfg, accelerator)), (cfg.seed + 1, False)))
+    state["compile"] = warm_up(accelerator, model, forward, collator, eval_collator, cfg)
+    if main and state["compile"]:
+        print(f"pretrain: compiled {state['compile']['graphs']} graphs before step 1 in {state['compile']['seconds']:.1f}s",
+              file=sys.stderr, flush=True)
     workers = loader_workers(cfg, accelerator)
     batches = iter(torch.utils.data.DataLoader(
         StepBatches(train_ds, collator, cfg.seed, cfg.train.global_batch_size, cfg.train.micro_batch_size, accum, rank, world),
@@ -575,14 +643,18 @@ def train(cfg: Config) -> int:
             metrics = log_metrics(log, bar, window, time.time() - t_log, state["step"] - logged_at, scheduler, state,
                                   cfg, peak, world)
             window, t_log, logged_at = {}, time.time(), state["step"]
-        if evaluating:
-            evaluate_and_probe(accelerator, forward, valid_ds, eval_collator, cfg, state, log, probe, bert_cfg)
+        if evaluating:  # eager (uncompiled) unless DeepSpeed compiled in place: no recompile either way
+            paused = time.time()
+            evaluate_and_probe(accelerator, model, valid_ds, eval_collator, cfg, state, log, probe, bert_cfg)
+            t_log += spent(state, "eval", paused)  # throughput and MFU count training time only
         if totals["stop"]:
             preempted = True
             break
         if saving:
+            paused = time.time()
             save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
             last_saved = state["step"]
+            t_log += spent(state, "checkpoint", paused)
     bar.close()
     if last_saved != state["step"] and state["step"] > 0:
         save_checkpoint(accelerator, model, optimizer, scheduler, state, cfg, bert_cfg, tokenizer)
@@ -593,6 +665,11 @@ def train(cfg: Config) -> int:
             print(f"pretrain: stopped by signal at step {state['step']} after a checkpoint; "
                   f"run again (or requeue) to resume, exit code {EXIT_PREEMPTED}", file=sys.stderr)
         return EXIT_PREEMPTED
+    if state["compile"]:
+        state["compile"]["during_training"] = recompiles(state)
+        if main and state["compile"]["during_training"]:
+            print(f"pretrain: warning: {state['compile']['during_training']} graphs were compiled during training "
+                  "(a shape or mode warm_up did not cover)", file=sys.stderr, flush=True)
     # --- evaluate and export
     evaluate_and_probe(accelerator, model, valid_ds, eval_collator, cfg, state, log, probe, bert_cfg)
     weights = full_state_dict(accelerator, accelerator.unwrap_model(model).bert)
@@ -602,6 +679,15 @@ def train(cfg: Config) -> int:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
+
+
+def spent(state: dict, what: str, since: float) -> float:
+    """Seconds since ``since``, added to ``state["seconds"][what]`` (evaluation and
+    checkpoint time, reported apart from training time)."""
+    seconds = time.time() - since
+    totals = state.setdefault("seconds", {})
+    totals[what] = round(totals.get(what, 0.0) + seconds, 3)
+    return seconds
 
 
 def make_probe(cfg: Config, tokenizer):
@@ -650,7 +736,7 @@ def finish(cfg: Config, state: dict, metrics: dict, weights: dict, bert_cfg, tok
             files={"curves.png": curves} if drawn else {})
     ev = state.get("eval", {})
     summary = {"step": state["step"], "tokens_seen": state["tokens_seen"], "train": metrics, "eval": ev,
-               "probe": state.get("probe")}
+               "probe": state.get("probe"), "compile": state.get("compile"), "seconds": state.get("seconds")}
     atomic_write_json(out / "metrics.json", summary)
     write_status(out, "finished", state["step"])
     print(f"pretrain: {state['step']} steps, eval MLM loss {ev.get('mlm_loss', float('nan')):.3f} "

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.distributed import is_deepspeed
+from pipeline.unpadded import PACKED_INPUTS
 
 TALLIES = ("mlm_sum", "mlm_correct", "mlm_count", "nsp_sum", "nsp_correct", "nsp_count")
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "next_sentence_label", "mlm_positions", "mlm_labels")
@@ -89,7 +90,12 @@ def host_counts(micro: list[dict]) -> tuple[int, int, int]:
     """(masked tokens, real tokens, padded length) of host-side batches: read before they go
     to the device, so counting costs no sync."""
     return (sum(int((b["mlm_labels"] != -100).sum()) for b in micro),
-            sum(int(b["attention_mask"].sum()) for b in micro), micro[0]["input_ids"].shape[1])
+            sum(int(b["attention_mask"].sum()) for b in micro), micro[0]["attention_mask"].shape[1])
+
+
+def model_inputs(batch: dict) -> tuple[str, ...]:
+    """The fields the model takes: a padded batch's, or a padding-free stream's."""
+    return PACKED_INPUTS if "cu_seqlens" in batch else MODEL_INPUTS
 
 
 def train_step(accelerator, model, forward, optimizer, micro: list[dict], meter: Meter, params: list,
@@ -101,7 +107,7 @@ def train_step(accelerator, model, forward, optimizer, micro: list[dict], meter:
     same module compiled, or itself.
     """
     world, accum = accelerator.num_processes, len(micro)
-    batches = [{k: b[k].to(accelerator.device, non_blocking=True) for k in MODEL_INPUTS} for b in micro]
+    batches = [{k: b[k].to(accelerator.device, non_blocking=True) for k in model_inputs(b)} for b in micro]
     mlm_den = masked_count(accelerator, batches).clamp(min=1) / (world * accum)
     nsp_den = global_batch / (world * accum)
     grad_norm, finite = None, torch.ones((), dtype=torch.bool, device=accelerator.device)
