@@ -2,11 +2,14 @@
 
 trainer:  HF ``Trainer`` + ``DataCollatorForLanguageModeling`` on ``BertForPreTraining`` (full
           MLM head, dynamic padding): how the seeds' notebooks pretrain.
-naive:    the same model and collator in a plain Accelerate loop (``loss.item()`` per step).
+naive:    the same model and collator in a plain Accelerate loop, batches collated by DataLoader
+          workers as a stock loop does, the loss read at log steps only.
 ours:     ``pipeline.step.train_step`` as ``kowiki-bert pretrain`` runs it: ``MLMNSPCollator``
           (static prediction slots, padding buckets), masked-only head, fused AdamW, tallies on
           the device read every ``--log-every`` steps.
-compiled: ours under ``torch.compile`` (applied after ``accelerator.prepare``).
+compiled: ours under ``torch.compile`` (applied after ``accelerator.prepare``, static shapes).
+padfree:  ours with ``padding_free`` batches (real tokens only; varlen attention on CUDA).
+padfree-compiled: the same under ``torch.compile`` (token count dynamic).
 
 Every variant trains the same initial weights on the same examples in the same order, in its
 own process (peak memory does not mix), and is timed after warm-up steps. Tokens are real
@@ -19,6 +22,7 @@ so the ratios are throughput ratios. The loss is the mean MLM+NSP loss of the la
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -87,7 +91,7 @@ def child(args) -> None:
     torch.manual_seed(0)
     cfg = bert_config(args.size, len(tok), max(512, seq), 0.1, "sdpa", tok.pad_token_id)
     bert = BertForPreTraining(cfg)
-    ours = args.variant in ("ours", "compiled")
+    ours = args.variant != "naive" and args.variant != "trainer"
     model = PreTrainingModel(bert) if ours else bert
     if args.variant == "trainer":
         return trainer_child(args, tok, bert, cfg, steps, seq)
@@ -96,35 +100,44 @@ def child(args) -> None:
     model, opt = accelerator.prepare(model, opt)
     if ours:
         from pipeline.step import Meter, host_counts, train_step
+        from pipeline.unpadded import mark_dynamic
 
-        forward = torch.compile(model) if args.variant == "compiled" else model
-        collate = MLMNSPCollator(tok, seed=0, max_seq_len=seq, buckets=(seq,) if args.variant == "compiled" else (seq // 4, seq // 2, seq))
+        stream, compiled = args.variant.startswith("padfree"), args.variant.endswith("compiled")
+        forward = torch.compile(model, dynamic=None if stream else False) if compiled else model
+        collate = MLMNSPCollator(tok, seed=0, max_seq_len=seq, padding_free=stream,
+                                 buckets=(seq,) if compiled and not stream else (seq // 4, seq // 2, seq))
         meter, params = Meter(accelerator.device), list(model.parameters())
     else:
-        stock = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
-    losses, tokens, flops, t0 = [], 0, 0.0, None
-    for i, exs in enumerate(steps):
+        collate = functools.partial(hf_batch, tok, DataCollatorForLanguageModeling(tok, mlm_probability=0.15))
+    loader = torch.utils.data.DataLoader(steps, batch_size=None, collate_fn=collate, num_workers=args.workers,
+                                         pin_memory=accelerator.device.type == "cuda")
+    losses, tokens, flops, t0, pending = [], 0, 0.0, None, []
+    for i, b in enumerate(loader):
         if i == args.warmup:
             sync(accelerator.device)
             if accelerator.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
         if ours:
-            b = collate(exs)
             masked, real, _ = host_counts([b])
+            if i == 0 and compiled:  # a stream's token count varies: one dynamic graph from the start
+                b = mark_dynamic({k: v.to(accelerator.device) for k, v in b.items()})
             train_step(accelerator, model, forward, opt, [b], meter, params, 1.0, args.batch)
             if (i + 1) % args.log_every == 0 or i + 1 == len(steps):
                 t = meter.flush(accelerator, False)
                 losses.append((i + 1, t["mlm_sum"] / max(t["mlm_count"], 1) + t["nsp_sum"] / max(t["nsp_count"], 1)))
         else:
-            b = {k: v.to(accelerator.device) for k, v in hf_batch(tok, stock, exs).items()}
-            real = int(b["attention_mask"].sum())
+            real = int(b["attention_mask"].sum())  # host-side, before the copy
+            b = {k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()}
             loss = model(**b).loss
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            losses.append((i + 1, loss.item()))
+            pending.append((i + 1, loss.detach()))
+            if (i + 1) % args.log_every == 0 or i + 1 == len(steps):  # read back at log steps, as a stock loop logs
+                losses += [(step, v.item()) for step, v in pending]
+                pending = []
         if i >= args.warmup:
             tokens += real
             flops += useful_flops(cfg, real, seq)
@@ -186,7 +199,7 @@ def run_variant(args, variant: str) -> dict:
 
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--device", args.device, "--size", args.size,
            "--data", str(args.data), "--steps", str(args.steps), "--batch", str(args.batch), "--warmup", str(args.warmup),
-           "--lr", str(args.lr), "--log-every", str(args.log_every)] + (["--bf16"] if args.bf16 else [])
+           "--lr", str(args.lr), "--log-every", str(args.log_every), "--workers", str(args.workers)] + (["--bf16"] if args.bf16 else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     ps, peak = psutil.Process(proc.pid), 0
@@ -216,6 +229,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=4 if torch.cuda.is_available() else 1,
+                    help="DataLoader worker processes collating batches (every variant but trainer)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -28,7 +28,7 @@ def plan(cfg, world: int | None = None, zero_stage: int = -1) -> dict:
                             f"processes = {t.micro_batch_size} x {world}; change one of them")
     manifest_file = Path(cfg.data) / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
-    seq, vocab = manifest.get("max_seq_len", 128), manifest.get("vocab_size", 32000)
+    seq, vocab = manifest.get("max_seq_len", t.seq_len or 128), manifest.get("vocab_size", 32000)
     source = source_config(cfg.init_from)
     bert = source or bert_config(cfg.model.size, vocab, max(512, seq))
     architecture = (f"of --init-from {cfg.init_from}" if source else f"model.size {cfg.model.size}"
@@ -80,7 +80,7 @@ def memory_per_gpu(bert, micro: int, seq: int, slots: int, world: int, zero_stag
 
 def show(p: dict) -> str:
     mem = p["memory_gib_per_gpu"]
-    shape = " (no shards yet: assuming seq 128, vocab 32000)" if p["assumed_shape"] else ""
+    shape = f" (no shards yet: assuming seq {p['seq_len']}, vocab 32000)" if p["assumed_shape"] else ""
     return (f"pretrain dry run: {p['world_size']} process(es) x micro-batch {p['micro_batch_size']} x "
             f"{p['gradient_accumulation_steps']} accumulation = global batch {p['global_batch_size']} sequences{shape}\n"
             f"  seq {p['seq_len']}: {p['tokens_per_step']:,} tokens and {p['flops_per_step'] / 1e15:.2f} PFLOP per step; "

@@ -157,8 +157,8 @@ def train_flops(config: BertConfig, tokens: int, seq_len: int, masked: int, full
 
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) by device name, for MFU; the first key found in
-# the name wins, so the H100's PCIe (756) and NVL (835) parts come before SXM's 989.
-PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12),
+# the name wins, so the H100's PCIe (756) and the H100/H200 NVL (835) parts come before SXM's 989.
+PEAK_FLOPS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12),
               ("A100", 312e12), ("A10G", 125e12), ("L40S", 362e12), ("L4", 121e12), ("V100", 125e12),
               ("A6000", 155e12), ("4090", 165e12)]
 

@@ -59,6 +59,8 @@ class OptimArgs:
 @dataclass
 class TrainArgs:
     max_steps: int = option(1000, "optimizer steps to train", bounds="[1, inf)")
+    seq_len: int = option(0, "sequence length this recipe is for (0: whatever the shards have); checked against the "
+                             "shards, and what --dry-run assumes before they exist", bounds="[0, inf)")
     global_batch_size: int = option(256, "sequences per optimizer step, kept whatever the number of processes", bounds="[1, inf)")
     micro_batch_size: int = option(32, "sequences per process per forward pass", bounds="[1, inf)")
     precision: str = option("auto", "mixed precision (auto: bf16 on GPUs that have it, else no)", choices=("auto", "no", "bf16", "fp16"))
@@ -202,6 +204,7 @@ def warm_up(accelerator, model, forward, collator, eval_collator, cfg: Config) -
 
     from pipeline.distributed import is_deepspeed
     from pipeline.step import model_inputs
+    from pipeline.unpadded import mark_dynamic
 
     if forward is model and not getattr(accelerator.unwrap_model(model), "_compiled_call_impl", None):
         return {}
@@ -214,8 +217,8 @@ def warm_up(accelerator, model, forward, collator, eval_collator, cfg: Config) -
             "nsp_denominator": cfg.train.global_batch_size / (accelerator.num_processes * accum)}
     with torch.random.fork_rng(devices=devices):
         for examples in collator.shape_examples(cfg.train.micro_batch_size):
-            batch = collator(examples)
-            out = forward(**{k: batch[k].to(accelerator.device) for k in model_inputs(batch)}, **dens)
+            batch = mark_dynamic({k: v.to(accelerator.device) for k, v in collator(examples).items()})
+            out = forward(**{k: batch[k] for k in model_inputs(batch)}, **dens)
             if not deepspeed:  # the engine's backward would step ZeRO's buffers; its backward compiles at step 1
                 out["loss"].backward()
         if not deepspeed:
@@ -562,6 +565,10 @@ def train(cfg: Config) -> int:
     manifest = pretraining_manifest(cfg.data)
     tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer")
     check_data(accelerator, cfg.data, manifest, tokenizer)
+    if cfg.train.seq_len and cfg.train.seq_len != manifest["max_seq_len"]:
+        raise PipelineError(f"train.seq_len {cfg.train.seq_len} is this recipe's length but {cfg.data} was sharded with "
+                            f"--max-seq-len {manifest['max_seq_len']}; shard with --max-seq-len {cfg.train.seq_len} or pass "
+                            "--train.seq_len 0")
     train_ds = load_pretraining_dataset(cfg.data, "train")
     valid_ds = load_pretraining_dataset(cfg.data, "valid")
     if len(train_ds) < cfg.train.global_batch_size:

@@ -23,6 +23,20 @@ PACKED_INPUTS = ("input_ids", "token_type_ids", "position_ids", "cu_seqlens", "t
                  "next_sentence_label", "mlm_positions", "mlm_labels")
 
 
+STREAM_LENGTH_FIELDS = ("input_ids", "token_type_ids", "position_ids", "token_index")
+
+
+def mark_dynamic(batch: dict) -> dict:
+    """Tell ``torch.compile`` that a stream's token count varies, before its first compile: one
+    graph then serves every batch, instead of a static graph that recompiles at the second."""
+    import torch._dynamo
+
+    if "cu_seqlens" in batch:
+        for k in STREAM_LENGTH_FIELDS:
+            torch._dynamo.mark_dynamic(batch[k], 0)
+    return batch
+
+
 def _varlen_available() -> bool:
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline import cli as console
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cli
 
 
 def readme_commands() -> list[str]:
@@ -86,3 +86,15 @@ def test_a_line_that_does_not_divide_is_one_line(capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == ("error: train.global_batch_size=256 is not a multiple of micro_batch_size x processes = "
                                  "32 x 32; change one of them")
+
+
+def test_dry_run_of_a_recipe_assumes_its_own_length_before_shards_exist(tmp_path):
+    proc = cli("pretrain", "--config", ROOT / "pipeline" / "configs" / "pretrain_base_phase2.yaml", "--data", tmp_path / "none",
+               "--output", tmp_path / "out", "--dry-run")
+    assert "assuming seq 512" in proc.stdout and "seq 512: 524,288 tokens" in proc.stdout, proc.stdout
+
+
+def test_recipe_length_is_checked_against_the_shards(sample_data, tmp_path):
+    proc = cli("pretrain", "--data", sample_data["shards"], "--output", tmp_path / "out", "--train.seq_len", 512,
+               "--max-steps", 1, check=False)
+    assert proc.returncode != 0 and "train.seq_len 512" in proc.stderr and "--max-seq-len 128" in proc.stderr, proc.stderr
