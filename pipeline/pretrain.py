@@ -68,8 +68,8 @@ class TrainArgs:
     whole_word_mask: bool = option(False, "mask all pieces of a word together")
     num_workers: int = option(-1, "data-loading worker processes per rank (-1: 4 on a GPU, 1 on CPU)", bounds="[-1, inf)")
     padding_free: str = option("auto", "compute real tokens only: the batch as one stream of its tokens and attention "
-                                       "per sequence (FlashAttention varlen on CUDA); auto: on where it pays (CUDA)",
-                               choices=("auto", "on", "off"))
+                                       "per sequence (FlashAttention varlen on CUDA); auto: on (it paid on CPU too: "
+                                       "benchmarks/README.md)", choices=("auto", "on", "off"))
     pad_buckets: int = option(3, "pad batches to one of this many lengths (max_seq_len, half, quarter...) so compiled steps see few shapes; 0: to the longest example", bounds="[0, 8]")
     log_every: int = option(10, "steps between TensorBoard scalars", bounds="[1, inf)")
     max_bad_steps: int = option(20, "stop after this many consecutive non-finite steps", bounds="[0, inf)")
@@ -188,10 +188,10 @@ def compile_model(model, cfg: Config, accelerator, stage: int):
 
 
 def padding_free(cfg: Config, accelerator) -> bool:
-    """Whether batches are padding-free streams: auto is on with CUDA, where FlashAttention's
-    varlen kernel makes attention as cheap as the rest (on CPU the exact reference attention
-    re-pads, and measured no gain: benchmarks/README.md)."""
-    return cfg.train.padding_free == "on" or (cfg.train.padding_free == "auto" and accelerator.device.type == "cuda")
+    """Whether batches are padding-free streams. auto is on: with CUDA, FlashAttention's varlen
+    kernel makes attention as cheap as the rest; on CPU the exact reference attention re-pads
+    q/k/v and still measured 1.09-1.56x the padded step's real tokens/s (benchmarks/README.md)."""
+    return cfg.train.padding_free != "off"
 
 
 def warm_up(accelerator, model, forward, collator, eval_collator, cfg: Config) -> dict:
