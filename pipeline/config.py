@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -57,14 +58,19 @@ def show_bounds(bounds: tuple) -> str:
     return f"{left}{num(low)}, {num(high)}{right}"
 
 
+MAX_INT = 2**40  # no step count, batch or seed is this large; seed x 1,000,003 still fits in int64
+
+
 def _check_bounds(value, f: dataclasses.Field, name: str) -> None:
     bounds = f.metadata.get("bounds")
     if not bounds:
         return
     for i, v in enumerate(value if isinstance(value, list) else [value]):
+        where = name if not isinstance(value, list) else f"{name}[{i}]"
         if isinstance(v, (int, float)) and not (math.isfinite(v) and in_bounds(v, bounds)):
-            where = name if not isinstance(value, list) else f"{name}[{i}]"
             fail(where, f"{v} is out of range", f"use a value in {show_bounds(bounds)}")
+        if isinstance(v, int) and abs(v) > MAX_INT:  # seeds and counts this large overflow torch's int64 arithmetic
+            fail(where, f"{v} is too large", f"use a value up to {MAX_INT:,}")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -166,6 +172,8 @@ def build(cls, values: dict, prefix: str = ""):
             kwargs[f.name] = build(tp, value or {}, name + ".")
             continue
         value = _check_type(value, tp, name)
+        if isinstance(value, str) and value.startswith("~"):  # a path from YAML or --key=~/x: the shell left it
+            value = os.path.expanduser(value)
         choices = f.metadata.get("choices")
         for v in (value if isinstance(value, list) else [value]) if choices else ():
             if v not in choices:

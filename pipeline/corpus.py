@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.errors import PipelineError
-from pipeline.shards import read_manifest
+from pipeline.shards import read_manifest, verify_checksums
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("sentences", pa.list_(pa.string()))])
 
@@ -22,6 +22,9 @@ def corpus_files(path: str | Path) -> list[Path]:
     manifest = read_manifest(path, "corpus", "run 'kowiki-bert extract' (again) to finish it")
     if manifest.get("kind") != "corpus":
         raise PipelineError(f"{path} is not a corpus made by 'kowiki-bert extract'; pass the extract output")
+    # The content, not the path: a corpus file changed in place (even to the same size) is refused
+    # before a tokenizer or shards are built from it under the old identity.
+    verify_checksums(path, manifest, f"run 'kowiki-bert extract' again with --overwrite true for {path}")
     return [path / rec["files"]["shard"]["file"] for rec in manifest["shards"]]
 
 

@@ -106,6 +106,15 @@ def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def broadcast_object(accelerator: Accelerator, obj):
+    """The main process's ``obj`` (a small picklable value) on every rank."""
+    if accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj])[0]
+
+
 def all_reduce_sum(accelerator: Accelerator, values: list[float]) -> list[float]:
     """Sum a few numbers over all ranks (one small collective)."""
     t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
@@ -115,9 +124,12 @@ def all_reduce_sum(accelerator: Accelerator, values: list[float]) -> list[float]
 
 
 class StopFlag:
-    """Set by SIGUSR1/SIGTERM; ``agreed`` makes every rank stop at the same step boundary."""
+    """Set by SIGUSR1/SIGTERM/SIGINT; ``agreed`` makes every rank stop at the same step boundary.
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    Ctrl-C (SIGINT) is a preemption too: checkpoint, ``preempted``, exit 75, so the steps since
+    the last save are kept; a second Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.raised = 0
@@ -125,6 +137,8 @@ class StopFlag:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.raised == signal.SIGINT:
+            raise KeyboardInterrupt
         self.raised = signum
 
     @staticmethod

@@ -8,13 +8,14 @@ work is split over processes (``num_proc``) or SLURM array tasks (``task_index``
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import corpus, shards
+from pipeline import lock, corpus, shards
 from pipeline.config import fail, option, to_dict
 from pipeline.parallel import ordered_map
 from pipeline.pii import scrub
@@ -143,6 +144,12 @@ def plan(pages, cfg: Config, config_hash: str, out: Path, stats: dict):
 
 
 def run(cfg: Config) -> dict:
+    """Build the output, as its one writer (array tasks of one job share it)."""
+    with lock.writer(Path(cfg.output), "extract", shared=cfg.num_tasks > 1):
+        return _run(cfg)
+
+
+def _run(cfg: Config) -> dict:
     src = Path(cfg.input)
     fmt = detect_format(src) if cfg.format == "auto" else cfg.format  # a bad input fails before anything
     out = Path(cfg.output)
@@ -193,8 +200,12 @@ def run(cfg: Config) -> dict:
     if records:
         manifest = {"kind": "corpus", "source": dict(source, path=str(src.resolve())), "config": to_dict(cfg)}
         totals = _check_kept(src, records)
-        manifest = shards.write_manifest(build, records, manifest, identity)
-        shards.publish(build, out, NAMES)
+        with lock.publishing(out):  # array tasks finishing together: one publishes, the others see it done
+            if shards.published(build, out, config_hash):
+                manifest = json.loads((out / shards.MANIFEST).read_text())
+            else:
+                manifest = shards.write_manifest(build, records, manifest, identity)
+                shards.publish(build, out, NAMES)
         print(f"extract: {totals.get('pages_seen', 0)} pages seen, {totals.get('kept', 0)} documents kept; "
               f"dropped {_fmt(totals, ('not_article', 'redirect', 'duplicate', 'empty', 'too_short'))}; "
               f"PII replaced {_fmt(manifest['pii'], ('email', 'phone', 'rrn', 'card', 'account'))} -> {out}",

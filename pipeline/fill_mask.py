@@ -35,7 +35,13 @@ def load_masked_lm(path: str | Path):
     path = Path(path)
     if not (path / "config.json").exists():
         raise PipelineError(f"{path}: no config.json; pass a Hugging Face model directory such as OUTPUT/model")
-    return AutoModelForMaskedLM.from_pretrained(str(path)).eval(), load_tokenizer(path)
+    model, info = AutoModelForMaskedLM.from_pretrained(str(path), output_loading_info=True)
+    head = [k for k in info["missing_keys"] if k.startswith("cls.") and not k.endswith(("decoder.weight", "decoder.bias"))]
+    if head:  # e.g. a fine-tuned classifier: its MLM head would be random numbers
+        raise PipelineError(f"{path} has no masked-LM head ({head[0]} missing; it is a "
+                            f"{', '.join(model.config.architectures or ['model'])} folder); pass a pretrained model "
+                            "such as pretrain's OUTPUT/model")
+    return model.eval(), load_tokenizer(path)
 
 
 def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
@@ -46,6 +52,10 @@ def fill_mask(model, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
 
     if tokenizer.mask_token not in text:
         raise PipelineError(f"no {tokenizer.mask_token} in {text!r}; put {tokenizer.mask_token} where a word should be guessed")
+    n, limit = len(tokenizer(text)["input_ids"]), model.config.max_position_embeddings
+    if n > limit:
+        raise PipelineError(f"the text is {n} tokens, more than the model's {limit} positions; shorten it around the "
+                            f"{tokenizer.mask_token}")
     answers = pipeline("fill-mask", model=model, tokenizer=tokenizer, device=model.device)(text, top_k=top_k)
     answers = answers if isinstance(answers[0], list) else [answers]  # one list per mask
     for candidates in answers:

@@ -7,8 +7,11 @@ pretraining bought. Several ``--seed`` values give mean +- std.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -21,7 +24,16 @@ from pipeline.config import fail, load_config, option, to_dict
 from pipeline.errors import PipelineError
 from pipeline.publish import PublishArgs
 from pipeline.report import write_curve, write_report
-from pipeline.shards import atomic_write_json
+from pipeline.shards import (
+    MANIFEST,
+    atomic_write_json,
+    check_not_inputs,
+    differences,
+    file_sha256,
+    recover_swap,
+    swap_dir,
+    tree_sha256,
+)
 from pipeline.tasks import TASKS, is_official, label_ids, load_rows
 
 # torch, transformers and accelerate are imported where they are used, so that '--help' and
@@ -52,6 +64,8 @@ class Config:
     text_column: str = option("text", "generic task: column of the (first) sentence")
     pair_column: str = option("", "generic task: column of the second sentence, if pairs")
     label_column: str = option("label", "generic task: column of the label")
+    overwrite: bool = option(False, "replace an output fine-tuned from another model, data or settings (the new one "
+                                    "is built beside it and swapped in when complete)")
     publish: PublishArgs = field(default_factory=PublishArgs)
 
     def __post_init__(self):
@@ -59,6 +73,8 @@ class Config:
             fail("epochs", f"is {self.epochs}", "use 1 or more")
         if not self.seeds:
             fail("seeds", "is empty", "give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            fail("seeds", f"repeats a seed ({','.join(map(str, self.seeds))})", "give each seed once")
         if self.batch_size < 1 or self.lr <= 0:
             fail("batch_size", "batch_size and lr must be positive", "fix them")
 
@@ -152,6 +168,9 @@ def train_epoch(model, loader, optimizer, scheduler, backward, clip: float, clip
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_sum, n = loss_sum + float(loss.detach()), n + 1
+        if not math.isfinite(loss_sum):
+            raise PipelineError(f"fine-tuning diverged: the training loss is {loss_sum} after {n} steps; lower --lr "
+                                "(or --precision no instead of fp16)")
     return loss_sum / max(n, 1)
 
 
@@ -238,8 +257,19 @@ def _max_positions(model_dir: Path) -> int:
 
 
 def run(cfg: Config) -> dict:
+    """Fine-tune and evaluate, as the output's one writer (the main process holds the lock)."""
+    from pipeline import lock
+    from pipeline.distributed import launch_rank
+
+    if launch_rank() != 0:
+        return _run(cfg)
+    with lock.writer(Path(cfg.output), "finetune"):
+        return _run(cfg)
+
+
+def _run(cfg: Config) -> dict:
     from pipeline.data import load_tokenizer
-    from pipeline.distributed import make_accelerator
+    from pipeline.distributed import broadcast_object, make_accelerator
 
     model_dir = Path(cfg.model)
     if not (model_dir / "config.json").exists():
@@ -250,13 +280,15 @@ def run(cfg: Config) -> dict:
         raise PipelineError(f"max_seq_len {cfg.max_seq_len} is above the {positions} positions of {model_dir}; "
                             f"pass --max-seq-len {positions} or less")
     cfg.publish.check()
+    final = Path(cfg.output)
+    identity = output_identity(cfg)
     data = prepare_data(cfg, tokenizer)
     spec = data[0]
-    out = Path(cfg.output)
     accelerator = make_accelerator(cfg.precision, 1)
+    out = staging(final, identity, cfg.overwrite, input_paths(cfg)) if accelerator.is_main_process else None
+    out = Path(broadcast_object(accelerator, str(out)))
     trackers = []
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         print(f"finetune: {cfg.task}, {len(data[2])} train / {len(data[3])} eval rows, init {cfg.init}, "
               f"seeds {cfg.seeds}", file=sys.stderr)
         trackers, _ = tracking.start(cfg.publish.log_with, out, cfg.publish.project, f"finetune-{cfg.task}-{out.name}", to_dict(cfg), None)
@@ -273,18 +305,68 @@ def run(cfg: Config) -> dict:
             shutil.rmtree(out / "model", ignore_errors=True)
             shutil.copytree(out / f"seed-{top['seed']}" / "model", out / "model")
         atomic_write_json(out / "metrics.json", metrics)
+        atomic_write_json(out / MANIFEST, {"kind": "finetune", "identity": identity})
         atomic_write_json(out / "history.json", {"config": to_dict(cfg), "seeds": results})
         write_report(out / "report.md", cfg, spec, results, metrics, official)
         write_curve(out / "learning_curve.png", results, cfg.task, spec.main_metric)
         write_card(out, cfg, spec, data[1], metrics, official)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         where = f"epoch {metrics['best_epoch']}" if "best_epoch" in metrics else "mean over seeds"
-        print(f"finetune: best by {spec.main_metric} ({where}): {shown} -> {out}", file=sys.stderr)
+        swap_dir(out, final)  # the old output stays until the new one is complete
+        print(f"finetune: best by {spec.main_metric} ({where}): {shown} -> {final}", file=sys.stderr)
         if cfg.publish.push_to_hub:
-            url = hub.push(out / "model", cfg.publish.push_to_hub, cfg.publish.hub_private, f"kowiki-bert finetune {cfg.task}")
-            print(f"finetune: pushed {out / 'model'} to {url}", file=sys.stderr)
+            url = hub.push(final / "model", cfg.publish.push_to_hub, cfg.publish.hub_private, f"kowiki-bert finetune {cfg.task}")
+            print(f"finetune: pushed {final / 'model'} to {url}", file=sys.stderr)
     accelerator.wait_for_everyone()
     return metrics
+
+
+# What a fine-tune output holds: the stage's files, its seed folders and its trackers' stores.
+OWN = re.compile(r"^(?:manifest\.json|metrics\.json|history\.json|report\.md|learning_curve\.png|model|seed-\d+|"
+                 r"tensorboard|wandb|mlruns)$")
+
+
+def output_identity(cfg: Config) -> dict:
+    """What a fine-tune output is built from: the model's and the data files' content, and
+    every setting that changes the result."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("model", "train", "eval", "output", "overwrite", "publish")}
+    return {"model": tree_sha256(Path(cfg.model)), "train": file_sha256(Path(cfg.train)), "eval": file_sha256(Path(cfg.eval)),
+            "settings": settings}
+
+
+def input_paths(cfg: Config) -> list[str]:
+    return [cfg.model, cfg.train, cfg.eval]
+
+
+def staging(final: Path, identity: dict, overwrite: bool, inputs: list[str]) -> Path:
+    """A new folder beside ``final`` to build in; ``final`` is checked first: never one of the
+    inputs' folders, never a folder of someone else's files, another build only with
+    ``overwrite``."""
+    check_not_inputs(final, inputs)
+    recover_swap(final)
+    if final.exists() and not final.is_dir():
+        raise PipelineError(f"--output {final} is a file; pass a directory")
+    if final.is_dir():
+        foreign = sorted(p.name for p in final.iterdir() if not OWN.match(p.name))
+        if foreign:
+            raise PipelineError(f"{final} holds files 'kowiki-bert finetune' did not write ({', '.join(foreign[:3])}"
+                                f"{', ...' if len(foreign) > 3 else ''}); pass an empty or new --output")
+        old = _recorded_identity(final)
+        if old is not None and old != identity and not overwrite:
+            why = "; ".join(differences(old, identity))
+            raise PipelineError(f"{final} holds a fine-tune of other inputs or settings ({why}); pass a new --output, or "
+                                f"--overwrite true to replace it (the old one stays until the new one is complete)")
+    build = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True)
+    return build
+
+
+def _recorded_identity(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MANIFEST).read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_card(out: Path, cfg: Config, spec, names, metrics: dict, official: bool) -> None:

@@ -26,22 +26,36 @@ def check_can_push(repo_id: str) -> None:
     if not get_token():
         raise PipelineError(f"--push-to-hub {repo_id}: no Hugging Face token; set HF_TOKEN (a write token) or run "
                             f"'hf auth login' first")
+    try:  # the network and the token, now rather than after the whole run
+        from huggingface_hub import HfApi
+
+        HfApi().whoami()
+    except Exception as err:  # as in push(): the HTTP layer's errors share no base
+        raise PipelineError(f"--push-to-hub {repo_id}: {_why(err)}; fix that before training, or drop --push-to-hub "
+                            f"and upload later with 'hf upload {repo_id} DIR'") from None
 
 
 def push(folder: Path, repo_id: str, private: bool, message: str) -> str:
     """Create the repository if needed (private unless told otherwise) and upload ``folder``."""
     check_can_push(repo_id)
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
 
     api = HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message, repo_type="model")
     except Exception as err:  # the HTTP layer's errors (httpx, requests, HfHubHTTPError) share no base
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        first = (str(err).splitlines() or [""])[0]
-        why = ({401: "the token is not valid", 403: "the token cannot write to this repository"}.get(status)
-               or (f"the Hub answered {status} ({first})" if status else f"cannot reach {constants.ENDPOINT} ({type(err).__name__}: {first})"))
-        raise PipelineError(f"--push-to-hub {repo_id}: {why}; the model is kept in {folder}: "
+        raise PipelineError(f"--push-to-hub {repo_id}: {_why(err)}; the model is kept in {folder}: "
                             f"upload it later with 'hf upload {repo_id} {folder}'") from None
     return str(url)
+
+
+def _why(err: Exception) -> str:
+    """What went wrong talking to the Hub, in a few words."""
+    from huggingface_hub import constants
+
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    first = (str(err).splitlines() or [""])[0]
+    return ({401: "the token is not valid", 403: "the token cannot write to this repository"}.get(status)
+            or (f"the Hub answered {status} ({first})" if status else
+                f"cannot reach {constants.ENDPOINT} ({type(err).__name__}: {first})"))

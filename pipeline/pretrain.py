@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from pipeline.presets import PRESETS
 from pipeline.progress import duration
 from pipeline.publish import PublishArgs
 from pipeline.report import write_pretrain_curves
-from pipeline.shards import atomic_write_json, output_fingerprint, verify_checksums
+from pipeline.shards import atomic_write_json, check_not_inputs, output_fingerprint, verify_checksums
 from pipeline.tokenizer import tokenizer_hash
 
 # torch, transformers, accelerate and the modules built on them are imported where they are
@@ -400,6 +401,27 @@ def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
     return PreTrainingModel(bert), bert.config
 
 
+# Settings a resumed run may change; they apply from the resumed step on (max_steps stretches or
+# shortens the LR schedule from there). Any other difference is refused: what the run records
+# (run_info.json, the model card) must be what it trained with.
+RESUMABLE = ("data", "output", "resume", "dry_run", "train.max_steps", "train.log_every", "train.num_workers",
+             "train.max_bad_steps", "train.pad_buckets", "train.padding_free", "train.micro_batch_size",
+             "model.compile", "model.attention", "eval.", "checkpoint.", "publish.")
+
+
+def check_resume_settings(saved: dict | None, now: dict, path: Path) -> None:
+    """Refuse to resume with a setting the checkpoint's run did not train with."""
+    if not saved:  # a checkpoint from before settings were recorded
+        return
+    old, new = tracking.flatten(saved), tracking.flatten(now)
+    changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)]
+    if changed:
+        raise PipelineError(f"resuming {path} with other settings ({'; '.join(changed[:4])}); a run keeps its settings: "
+                            f"pass the old values, or start a new run from it with --init-from {path} and a new --output "
+                            f"(settings a resume may change: max_steps, log/eval/checkpoint/tracker options)")
+
+
 def recipe(cfg: Config, manifest: dict, accelerator) -> dict:
     """How the run trains, as the model card shows it."""
     return {"max sequence length": manifest["max_seq_len"], "global batch (sequences)": cfg.train.global_batch_size,
@@ -423,10 +445,8 @@ class RunLog:
 
     def __init__(self, cfg: Config, state: dict, out: Path, config: dict):
         self.path = out / "train_log.jsonl"
-        kept = []
-        if state["step"] and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state["step"]]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [r for r in self.rows() if r["step"] <= state["step"]] if state["step"] and self.path.exists() else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.trackers, state["trackers"] = tracking.start(cfg.publish.log_with, out, cfg.publish.project, out.name, config,
                                                           state.get("trackers"), state["step"] + 1 if state["step"] else None)
 
@@ -436,7 +456,14 @@ class RunLog:
             f.write(json.dumps({"step": step, **values}) + "\n")
 
     def rows(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines()]
+        """The logged rows; a line torn by a kill mid-write is skipped."""
+        rows = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
 
     def close(self) -> None:
         tracking.finish(self.trackers)
@@ -460,7 +487,18 @@ def write_status(out: Path, state: str, step: int | None, **extra) -> None:
     """``status.json`` for schedulers; ``attempt`` (KOWIKI_ATTEMPT, set by the SLURM scripts)
     tells this job attempt's status from one an earlier attempt left behind."""
     atomic_write_json(out / "status.json", {"state": state, "step": step,
-                                            "attempt": os.environ.get("KOWIKI_ATTEMPT"), **extra})
+                                            "attempt": os.environ.get("KOWIKI_ATTEMPT"), "writer": _WRITER, **extra})
+
+
+_WRITER = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"  # this process, as status.json names it
+
+
+def owns_status(out: Path) -> bool:
+    """Whether ``status.json`` was last written by this process (it started training here)."""
+    try:
+        return json.loads((out / "status.json").read_text()).get("writer") == _WRITER
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_checkpoint(accelerator, model, optimizer, scheduler, path: Path, cfg: Config) -> dict:
@@ -521,15 +559,24 @@ def run(cfg: Config) -> int:
     from pipeline import launch_plan
     from pipeline.distributed import deepspeed_stage, launch_rank
 
+    from pipeline import lock
+
     if cfg.dry_run:
         print(launch_plan.show(launch_plan.plan(cfg, zero_stage=deepspeed_stage())))
         return 0
-    try:
+    if launch_rank() != 0:
         return train(cfg)
-    except Exception as err:
-        if launch_rank() == 0 and Path(cfg.output).is_dir():
-            write_status(Path(cfg.output), "failed", None, error=(str(err) or type(err).__name__).splitlines()[0])
-        raise
+    out = Path(cfg.output).expanduser()
+    with lock.writer(out, "pretrain"):  # rank 0 of the launch holds the run's folder
+        new = not (out / "status.json").exists()
+        try:
+            return train(cfg)
+        except BaseException as err:
+            # A folder this start created, or a run it started, says "failed"; a refused start
+            # never touches another run's status (what SLURM scripts and afterok chains read).
+            if out.is_dir() and (new or owns_status(out)):
+                write_status(out, "failed", None, error=(str(err) or type(err).__name__).splitlines()[0])
+            raise
 
 
 def train(cfg: Config) -> int:
@@ -555,6 +602,7 @@ def train(cfg: Config) -> int:
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output)
     cfg.publish.check()
+    check_not_inputs(out, [cfg.data] + ([cfg.init_from] if cfg.init_from and Path(cfg.init_from).exists() else []))
     if main:
         out.mkdir(parents=True, exist_ok=True)
     if not main:
@@ -592,10 +640,11 @@ def train(cfg: Config) -> int:
     resume_from = find_resume(accelerator, cfg, run)
     if resume_from:
         state = load_checkpoint(accelerator, model, optimizer, scheduler, resume_from, cfg)
+        check_resume_settings(state.get("config"), to_dict(cfg), resume_from)
         state.update(world_size=world, restarts=state.get("restarts", 0) + 1, run=run)
         if main:
             print(f"pretrain: resumed from {resume_from} at step {state['step']}", file=sys.stderr)
-    state["recipe"] = recipe(cfg, manifest, accelerator)
+    state["recipe"], state["config"] = recipe(cfg, manifest, accelerator), to_dict(cfg)
     info = run_info(accelerator, cfg, accum, stage, innermost(optimizer))
     log = RunLog(cfg, state, out, info["config"]) if main else None  # continues the run's W&B/MLflow runs
     if main:
@@ -623,7 +672,10 @@ def train(cfg: Config) -> int:
     bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="pretrain", disable=not main or None,
                file=sys.stderr, dynamic_ncols=True)
     meter, window = Meter(accelerator.device), {}
-    t_log, logged_at, preempted, last_saved, metrics = time.time(), state["step"], False, -1, {}
+    # A resumed step is saved already: a finished run run again must not re-save (delete, then
+    # rewrite) the only checkpoint it has.
+    t_log, logged_at, preempted, metrics = time.time(), state["step"], False, {}
+    last_saved = state["step"] if resume_from else -1
     while state["step"] < cfg.train.max_steps:
         micro = [next(batches) for _ in range(accum)]
         masked, real, length = host_counts(micro)

@@ -22,6 +22,7 @@ class PublishArgs:
     def check(self) -> None:
         """Before any work: trackers installed, and a push that can happen."""
         tracking.check_installed(self.log_with)
+        tracking.check_usable(self.log_with, self.project)
         if self.push_to_hub:
             hub.check_can_push(self.push_to_hub)
 

@@ -10,6 +10,7 @@ draws from its own seeded RNG, so the output is the same for any ``num_proc`` or
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer
 
-from pipeline import shards
+from pipeline import lock, shards
 from pipeline.config import fail, option, to_dict
 from pipeline.corpus import corpus_files
 from pipeline.errors import PipelineError
@@ -166,6 +167,12 @@ def plan(docs, cfg: Config, config_hash: str, out: Path, seen: list):
 
 
 def run(cfg: Config) -> dict:
+    """Build the output, as its one writer (array tasks of one job share it)."""
+    with lock.writer(Path(cfg.output), "shard", shared=cfg.num_tasks > 1):
+        return _run(cfg)
+
+
+def _run(cfg: Config) -> dict:
     corpus_manifest = read_manifest(cfg.corpus, "corpus", "run 'kowiki-bert extract' (again) to finish it")
     files = corpus_files(cfg.corpus)
     tok_dir = Path(cfg.tokenizer)
@@ -208,11 +215,15 @@ def run(cfg: Config) -> dict:
     num_shards = (seen[0] - 1) // cfg.docs_per_shard + 1
     records = shards.complete_records(build, num_shards, config_hash)
     if records:
-        copy_tokenizer(tok_dir, build / "tokenizer")  # before the manifest, which marks the output complete
         manifest = {"kind": "pretraining", "tokenizer_hash": tok_hash, "vocab_size": vocab_size,
                     "id_dtype": str(id_type), "max_seq_len": cfg.max_seq_len, "config": to_dict(cfg)}
-        totals = shards.write_manifest(build, records, manifest, identity)["counts"]
-        shards.publish(build, out, NAMES, EXTRA)
+        with lock.publishing(out):  # array tasks finishing together: one publishes, the others see it done
+            if shards.published(build, out, config_hash):
+                totals = json.loads((out / shards.MANIFEST).read_text())["counts"]
+            else:
+                copy_tokenizer(tok_dir, build / "tokenizer")  # before the manifest, which marks the output complete
+                totals = shards.write_manifest(build, records, manifest, identity)["counts"]
+                shards.publish(build, out, NAMES, EXTRA)
         print(f"shard: {totals['train_examples']} train / {totals['valid_examples']} valid examples, "
               f"{totals['train_tokens'] + totals['valid_tokens']} tokens, "
               f"NotNext {totals['not_next'] / max(totals['train_examples'], 1):.1%} -> {out}", file=sys.stderr)

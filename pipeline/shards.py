@@ -146,7 +146,8 @@ def _owned(names: tuple[str, ...], extra: tuple[str, ...]) -> re.Pattern:
     temporaries, and ``extra`` entries (the shard stage's ``tokenizer`` copy)."""
     own = "|".join(map(re.escape, (MANIFEST, *DATASET_FILES, *names, *extra)))
     shard = "|".join(map(re.escape, names))
-    return re.compile(rf"^\.?(?:{own}|shard-\d{{5}}\.json|(?:{shard})-\d{{5}}\.arrow)(?:\.tmp-\d+)?$")
+    # cache-*.arrow: what datasets' documented load_from_disk(...).map(...) writes beside our files
+    return re.compile(rf"^\.?(?:{own}|shard-\d{{5}}\.json|(?:{shard})-\d{{5}}\.arrow)(?:\.tmp-\d+)?$|^cache-\w+\.arrow$")
 
 
 def foreign_entries(out: Path, names: tuple[str, ...], extra: tuple[str, ...] = ()) -> list[str]:
@@ -220,6 +221,17 @@ def publish(build: Path, out: Path, names: tuple[str, ...], extra: tuple[str, ..
         raise PipelineError(f"{out} gained files kowiki-bert did not write ({', '.join(foreign[:3])}); the new output "
                             f"is complete in {build}: move those files away and run again to swap it in")
     swap_dir(build, out)
+
+
+def published(build: Path, out: Path, config_hash: str) -> bool:
+    """Whether another task of this job already published this build: its staging folder was
+    swapped in, or its manifest (written last) is there."""
+    if build != out and not build.exists():
+        return True
+    try:
+        return json.loads((build / MANIFEST).read_text()).get("config_hash") == config_hash
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def swap_dir(build: Path, out: Path) -> None:

@@ -94,7 +94,11 @@ def _read_table(path: Path) -> list[dict]:
             raise PipelineError(f"{path}: every row must be a JSON object with the task's fields")
     else:
         delim = "," if path.suffix == ".csv" else "\t"
-        rows = list(csv.DictReader(text.splitlines(), delimiter=delim, quoting=csv.QUOTE_NONE))
+        csv.field_size_limit(2**31 - 1)  # a long review is data, not an error (the default is 128 KiB)
+        try:
+            rows = list(csv.DictReader(text.splitlines(), delimiter=delim, quoting=csv.QUOTE_NONE))
+        except csv.Error as err:
+            raise PipelineError(f"{path}: not a readable {'CSV' if delim == ',' else 'TSV'} file ({err}); fix the file") from None
     if not rows:
         raise PipelineError(f"{path}: no rows; pass a file with data rows")
     return rows

@@ -222,6 +222,14 @@ def _reusable(out: Path, identity: dict, overwrite: bool) -> dict | None:
 
 
 def run(cfg: Config) -> dict:
+    """Train (or keep) the vocabulary, as the output's one writer."""
+    from pipeline import lock
+
+    with lock.writer(Path(cfg.output), "tokenizer"):
+        return _run(cfg)
+
+
+def _run(cfg: Config) -> dict:
     corpus_manifest = read_manifest(Path(cfg.corpus), "corpus", "run 'kowiki-bert extract' (again) to finish it")
     identity = {"settings": {k: getattr(cfg, k) for k in _OUTPUT_FIELDS}, "corpus": output_fingerprint(corpus_manifest)}
     out = Path(cfg.output)

@@ -78,13 +78,29 @@ def test_push_to_hub_refused_before_training_when_offline_or_unauthenticated(sam
     assert not (tmp_path / "o" / "checkpoints").exists()  # refused before any step
 
 
-def test_push_to_hub_unreachable_keeps_the_model_and_says_how_to_upload(tiny_model, tmp_path):
+def test_push_to_hub_unreachable_is_refused_before_training(tiny_model, tmp_path):
     env = child_env(HF_HUB_OFFLINE="0", HF_TOKEN="hf_" + "x" * 34, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
     proc = cli("finetune", "--model", tiny_model / "model", "--task", "nsmc", "--train", REVIEWS_TRAIN, "--eval", REVIEWS_EVAL,
                "--output", tmp_path / "ft", "--epochs", "1", "--push-to-hub", "me/nsmc", check=False, env=env)
     line = one_line(proc)
+    assert "cannot reach http://127.0.0.1:9" in line and "hf upload me/nsmc DIR" in line and "before training" in line
+    assert not (tmp_path / "ft").exists()  # found out before any work, not after the whole training
+
+
+def test_push_that_fails_at_the_end_keeps_the_model_and_says_how_to_upload(tiny_model, tmp_path):
+    """The network can go away during training: the push at the end still keeps the model."""
+    from pipeline import hub
+
+    env = dict(HF_HUB_OFFLINE="0", HF_TOKEN="hf_" + "x" * 34, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    code = ("import sys, pipeline.hub as h; h.check_can_push = lambda repo: None; "
+            "from pipeline.cli import main; sys.exit(main())")
+    proc = subprocess.run([sys.executable, "-c", code, "finetune", "--model", str(tiny_model / "model"), "--task", "nsmc",
+                           "--train", str(REVIEWS_TRAIN), "--eval", str(REVIEWS_EVAL), "--output", str(tmp_path / "ft"),
+                           "--epochs", "1", "--push-to-hub", "me/nsmc"], capture_output=True, text=True, timeout=600,
+                          env=child_env(**env), cwd=ROOT)
+    line = one_line(proc)
     assert "cannot reach http://127.0.0.1:9" in line and f"hf upload me/nsmc {tmp_path / 'ft' / 'model'}" in line
-    assert (tmp_path / "ft" / "model" / "README.md").exists()
+    assert (tmp_path / "ft" / "model" / "README.md").exists() and hub.REPO_ID
 
 
 TRACKING = pytest.mark.skipif(not (importlib.util.find_spec("wandb") and importlib.util.find_spec("mlflow")),
