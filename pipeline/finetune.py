@@ -283,10 +283,20 @@ def _run(cfg: Config) -> dict:
     final = Path(cfg.output)
     identity = output_identity(cfg)
     data = prepare_data(cfg, tokenizer)
-    spec = data[0]
     accelerator = make_accelerator(cfg.precision, 1)
     out = staging(final, identity, cfg.overwrite, input_paths(cfg)) if accelerator.is_main_process else None
     out = Path(broadcast_object(accelerator, str(out)))
+    try:
+        return train_and_publish(cfg, accelerator, data, tokenizer, out, final, identity)
+    except BaseException:
+        if accelerator.is_main_process:  # the half-built staging folder is ours; the finished output is untouched
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def train_and_publish(cfg: Config, accelerator, data, tokenizer, out: Path, final: Path, identity: dict) -> dict:
+    """Train every seed into the staging folder ``out``, write the reports, swap it in for ``final``."""
+    spec = data[0]
     trackers = []
     if accelerator.is_main_process:
         print(f"finetune: {cfg.task}, {len(data[2])} train / {len(data[3])} eval rows, init {cfg.init}, "
@@ -326,6 +336,11 @@ OWN = re.compile(r"^(?:manifest\.json|metrics\.json|history\.json|report\.md|lea
                  r"tensorboard|wandb|mlruns)$")
 
 
+# What an exported model folder holds (pipeline.export.save_hf); anything else is the user's.
+MODEL_FILES = re.compile(r"^(?:config\.json|model\.safetensors|generation_config\.json|tokenizer\.json|vocab\.txt|"
+                         r"tokenizer_config\.json|special_tokens_map\.json|README\.md|learning_curve\.png)$")
+
+
 def output_identity(cfg: Config) -> dict:
     """What a fine-tune output is built from: the model's and the data files' content, and
     every setting that changes the result."""
@@ -348,6 +363,8 @@ def staging(final: Path, identity: dict, overwrite: bool, inputs: list[str]) -> 
         raise PipelineError(f"--output {final} is a file; pass a directory")
     if final.is_dir():
         foreign = sorted(p.name for p in final.iterdir() if not OWN.match(p.name))
+        foreign += sorted(f"{p.parent.name}/{p.name}" for d in [final / "model", *final.glob("seed-*/model")] if d.is_dir()
+                          for p in d.iterdir() if not MODEL_FILES.match(p.name))
         if foreign:
             raise PipelineError(f"{final} holds files 'kowiki-bert finetune' did not write ({', '.join(foreign[:3])}"
                                 f"{', ...' if len(foreign) > 3 else ''}); pass an empty or new --output")
@@ -356,8 +373,9 @@ def staging(final: Path, identity: dict, overwrite: bool, inputs: list[str]) -> 
             why = "; ".join(differences(old, identity))
             raise PipelineError(f"{final} holds a fine-tune of other inputs or settings ({why}); pass a new --output, or "
                                 f"--overwrite true to replace it (the old one stays until the new one is complete)")
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # a killed run's (we hold the output's lock)
+        shutil.rmtree(stale, ignore_errors=True)
     build = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(build, ignore_errors=True)
     build.mkdir(parents=True)
     return build
 

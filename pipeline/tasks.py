@@ -117,9 +117,17 @@ def load_rows(task: str, path: str | Path, text_column: str = "text", pair_colum
                     [_need(path, r, "gold_label", "a row") for r in rows])
     if task == "klue-sts":
         labels = [_need(path, r, "labels", "a row") for r in rows]
+        for i, lab in enumerate(labels, 1):
+            if not isinstance(lab, dict):
+                raise PipelineError(f"{path}: row {i} has 'labels' {lab!r}; KLUE-STS rows hold an object such as "
+                                    '{"label": 3.2, "binary-label": 1}')
         scores = [_number(path, i, _need(path, lab, "label", "a row's labels")) for i, lab in enumerate(labels, 1)]
+        binary = [lab.get("binary-label", int(score >= 3.0)) for lab, score in zip(labels, scores)]
+        bad = next((i for i, b in enumerate(binary, 1) if b not in (0, 1, True, False)), None)
+        if bad:
+            raise PipelineError(f"{path}: row {bad} has 'binary-label' {binary[bad - 1]!r}; use 0 or 1")
         return Rows([_need(path, r, "sentence1", "a row") for r in rows], [_need(path, r, "sentence2", "a row") for r in rows],
-                    scores, [int(lab.get("binary-label", score >= 3.0)) for lab, score in zip(labels, scores)])
+                    scores, [int(b) for b in binary])
     text = [str(_need(path, r, text_column, "the header/rows (set --text-column)")) for r in rows]
     pair = [str(_need(path, r, pair_column, "the header/rows (set --pair-column)")) for r in rows] if pair_column else None
     return Rows(text, pair, [str(_need(path, r, label_column, "the header/rows (set --label-column)")).strip() for r in rows])

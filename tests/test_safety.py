@@ -92,6 +92,10 @@ def test_finetune_keeps_foreign_files_and_replaces_a_finished_output_only_when_c
     assert snapshot(out) == finished  # a kill while the new one trains leaves the finished output whole
     cli(*finetune(tiny_model / "model", out, "--lr", "2e-3", "--overwrite", "true"))
     assert json.loads((out / "manifest.json").read_text())["identity"]["settings"]["lr"] == 2e-3
+    assert not list(tmp_path.glob(".ft.tmp-*"))  # the killed run's staging folder is gone too
+    (out / "model" / "mine.txt").write_text("mine")  # a user's file inside the model folder
+    line = one_line(cli(*finetune(tiny_model / "model", out, "--lr", "2e-3", "--overwrite", "true"), check=False))
+    assert "did not write (model/mine.txt)" in line and (out / "model" / "mine.txt").read_text() == "mine"
 
 
 # --- one writer per folder -----------------------------------------------------------------
@@ -229,6 +233,11 @@ def test_inputs_end_in_one_line_or_the_right_result(sample_data, tiny_model, tmp
     assert "no masked-LM head" in line
     line = one_line(cli("fill-mask", "--model", tiny_model / "model", "[MASK] " + "영화 " * 600, check=False))
     assert "positions" in line
+    sts = tmp_path / "sts.json"
+    sts.write_text(json.dumps([{"sentence1": "a", "sentence2": "b", "labels": 3.2}] * 4))
+    line = one_line(cli("finetune", "--model", tiny_model / "model", "--task", "klue-sts", "--train", sts, "--eval", sts,
+                        "--output", tmp_path / "sts", check=False))
+    assert "row 1 has 'labels' 3.2" in line
     config = tmp_path / "c.yaml"
     config.write_text("output: ~/tilde-out\n")
     cli("pretrain", "--config", config, "--data", sample_data["shards"], "--max-steps", 1, *PRETRAIN_FAST,
