@@ -1,16 +1,19 @@
-"""One writer per output folder: an OS lock (``flock``) that a killed process releases.
+"""One writer per output folder: an OS lock that a killed process releases.
 
 The lock file sits beside the output (``.NAME.lock``), so it outlives the swap of a rebuilt
 output into place, and records who holds it (host, PID, start time, command), which the
 refusal names. Array tasks of one extract/shard job share the lock (each writes its own
 shards); publishing the finished output takes a second, exclusive lock, so tasks that finish
-together publish exactly once. ``flock`` holds across NFS v4 and Lustre mounted with
-``flock``; on a filesystem without it the lock is per node.
+together publish exactly once. The lock is a POSIX record lock (``fcntl.lockf``): it belongs
+to the process, so DataLoader workers forked after it never inherit it (a worker outliving a
+``kill -9`` would otherwise keep the folder locked), and it holds across NFS (lockd / v4) and
+Lustre mounted with ``flock``; on a filesystem without locking it is per node.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -32,10 +35,12 @@ def writer(out: Path, stage: str, shared: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = Path(path).read_text(errors="replace").strip() or "another process"
+        fcntl.lockf(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except OSError as err:
         os.close(fd)
+        if err.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
+        holder = Path(path).read_text(errors="replace").strip() or "another process"
         raise PipelineError(f"{out} is being written by {holder}; wait for it to finish, or pass another --output") from None
     if not shared or os.fstat(fd).st_size == 0:
         text = (f"'kowiki-bert {stage}' on {socket.gethostname()}, PID {os.getpid()}, since "
@@ -45,7 +50,7 @@ def writer(out: Path, stage: str, shared: bool = False):
     try:
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
@@ -55,8 +60,8 @@ def publishing(out: Path):
     path = lock_path(out, "publish.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
         os.close(fd)

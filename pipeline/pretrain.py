@@ -602,6 +602,7 @@ def train(cfg: Config) -> int:
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     out = Path(cfg.output)
     cfg.publish.check()
+    manifest = pretraining_manifest(cfg.data)  # a missing --data is named as such, before anything is written
     check_not_inputs(out, [cfg.data] + ([cfg.init_from] if cfg.init_from and Path(cfg.init_from).exists() else []))
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -610,7 +611,6 @@ def train(cfg: Config) -> int:
 
         transformers.logging.set_verbosity_error()
     # --- build
-    manifest = pretraining_manifest(cfg.data)
     tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer")
     check_data(accelerator, cfg.data, manifest, tokenizer)
     if cfg.train.seq_len and cfg.train.seq_len != manifest["max_seq_len"]:

@@ -27,10 +27,15 @@ def tensors(obj) -> list[torch.Tensor]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
-    ap.add_argument("--optim", default="adamw")
+    ap.add_argument("--optim", default="adamw", help="comma-separated: each is checked in turn, same process")
     ap.add_argument("--precision", default="no")
     args = ap.parse_args()
+    for optim in args.optim.split(","):
+        check(args.data, optim, args.precision)
+    return 0
 
+
+def check(data: str, optim: str, precision: str) -> None:
     from pipeline.data import MLMNSPCollator, load_pretraining_dataset, load_tokenizer
     from pipeline.distributed import offloads_optimizer
     from pipeline.export import full_state_dict
@@ -39,16 +44,16 @@ def main() -> int:
     from pipeline.pretrain import Config, innermost, setup
     from pipeline.step import Meter, train_step
 
-    cfg = Config(data=args.data, output="unused")
-    cfg.optim.name, cfg.train.precision = args.optim, args.precision
+    cfg = Config(data=data, output="unused")
+    cfg.optim.name, cfg.train.precision = optim, precision
     cfg.train.micro_batch_size, cfg.train.global_batch_size = 4, 8
     accelerator, accum, _ = setup(cfg)
-    tok = load_tokenizer(f"{args.data}/tokenizer")
-    ds = load_pretraining_dataset(args.data)
+    tok = load_tokenizer(f"{data}/tokenizer")
+    ds = load_pretraining_dataset(data)
     collate = MLMNSPCollator(tok, seed=0, max_seq_len=128, buckets=(32, 64, 128))
     torch.manual_seed(0)
     model = build_model(bert_config("tiny", len(tok), dropout=0.0))
-    optimizer = build_optimizer(model, args.optim, 1e-3, 0.01, (0.9, 0.98), 1e-6, offloads_optimizer(accelerator))
+    optimizer = build_optimizer(model, optim, 1e-3, 0.01, (0.9, 0.98), 1e-6, offloads_optimizer(accelerator))
     model, optimizer = accelerator.prepare(model, optimizer)
     meter, params = Meter(accelerator.device), [p for p in model.parameters() if p.requires_grad]
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -91,7 +96,8 @@ def main() -> int:
                              and all(bool(torch.isfinite(t).all()) for t in o2 if t.is_floating_point()),
             "skipped": totals["skipped"], "worst_run": totals["worst_run"]}), flush=True)
     accelerator.wait_for_everyone()
-    return 0
+
+
 
 
 if __name__ == "__main__":

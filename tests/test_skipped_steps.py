@@ -20,14 +20,11 @@ def zero(name):
     return ["--use_deepspeed", "--deepspeed_config_file", ROOT / "ds_configs" / f"{name}.json", "--num_processes", 2]
 
 
-CASES = {  # id: (launch arguments or None for a plain process, optimizer, precision, inner optimizer class)
-    "adamw-1": (None, "adamw", "no", "AdamW"),
-    "adamw-bf16-2": (CPU2, "adamw", "bf16", "AdamW"),
-    "lamb-1": (None, "lamb", "no", "Lamb"),
-    "lamb-2": (CPU2, "lamb", "no", "Lamb"),
-    "lamb-bf16-1": (None, "lamb", "bf16", "Lamb"),
-    "zero2-adamw-2": (zero("zero2"), "adamw", "no", "AdamW"),
-    "zero3-offload-cpuadam-2": (zero("zero3_offload"), "adamw", "no", "DeepSpeedCPUAdam"),
+CASES = {  # id: (launch arguments or None for a plain process, optimizers, precision, inner optimizer classes)
+    "adamw,lamb-1": (None, "adamw,lamb", "no", ["AdamW", "Lamb"]),
+    "adamw,lamb-bf16-2": (CPU2, "adamw,lamb", "bf16", ["AdamW", "Lamb"]),
+    "zero2-adamw-2": (zero("zero2"), "adamw", "no", ["AdamW"]),
+    "zero3-offload-cpuadam-2": (zero("zero3_offload"), "adamw", "no", ["DeepSpeedCPUAdam"]),
 }
 
 
@@ -39,8 +36,10 @@ def test_poisoned_step_changes_nothing_and_counts_once(sample_data, case):
     proc = subprocess.run([*map(str, head), *map(str, script)], capture_output=True, text=True, timeout=600, cwd=ROOT,
                           env=child_env(PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    assert result["world"] == (1 if launch_args is None else 2) and result["optimizer"] == inner, result
-    assert result["weights_unchanged"] and result["optimizer_unchanged"] and result["optimizer_tensors"] > 0, result
-    assert result["trained_after"] and result["finite_after"], result
-    assert (result["skipped"], result["worst_run"]) == (1, 1), result
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["optimizer"] for r in results] == inner, proc.stdout
+    for result in results:
+        assert result["world"] == (1 if launch_args is None else 2), result
+        assert result["weights_unchanged"] and result["optimizer_unchanged"] and result["optimizer_tensors"] > 0, result
+        assert result["trained_after"] and result["finite_after"], result
+        assert (result["skipped"], result["worst_run"]) == (1, 1), result

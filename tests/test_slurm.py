@@ -83,13 +83,16 @@ def failed_without_requeue(cluster, job: str, log: Path) -> str:
 @pytest.mark.parametrize("stale", ["preempted", "finished"])
 def test_start_up_failure_after_a_stale_status_fails_the_job(cluster, tmp_path, stale):
     # status.json left by an earlier attempt (preempted, or a finished run); this attempt
-    # fails at start-up: the job must fail, neither requeue forever nor report success.
+    # fails at start-up: the job must fail, neither requeue forever nor report success. A start
+    # refused before training (here a wrong --data) writes nothing into the run: the status stays
+    # the earlier attempt's, whose stamp tells the script it is not this attempt's.
     out = tmp_path / "pretrain"
     out.mkdir()
-    (out / "status.json").write_text(json.dumps({"state": stale, "step": 5, "attempt": "1.0"}))
+    stale_status = json.dumps({"state": stale, "step": 5, "attempt": "0.0"})  # SLURM job ids start at 1
+    (out / "status.json").write_text(stale_status)
     text = failed_without_requeue(cluster, *pretrain_job(cluster, tmp_path, tmp_path / "no-such-shards", out))
     assert "no such directory" in text and "training failed; not requeueing" in text
-    assert json.loads((out / "status.json").read_text())["state"] == "failed"
+    assert (out / "status.json").read_text() == stale_status
 
 
 def test_a_signal_during_start_up_is_not_lost_and_requeues_are_capped(cluster, sample_data, tmp_path):
