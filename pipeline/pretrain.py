@@ -195,7 +195,7 @@ def padding_free(cfg: Config, accelerator) -> bool:
     return cfg.train.padding_free != "off"
 
 
-def warm_up(accelerator, model, forward, collator, eval_collator, cfg: Config) -> dict:
+def warm_up(accelerator, model, forward, collator, eval_collator, cfg: Config, accum: int) -> dict:
     """Run every shape training (and, when compiled under DeepSpeed, evaluation) will see once
     before step 1, so compilation happens here and not in the middle of training: the first
     step's time and the throughput window stay honest. Weights, gradients and the RNG are as
@@ -213,7 +213,6 @@ def warm_up(accelerator, model, forward, collator, eval_collator, cfg: Config) -
     deepspeed = is_deepspeed(accelerator)
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     # the same kinds of denominators train_step passes (a tensor; a float, which compiled code specializes on)
-    accum = cfg.train.global_batch_size // (cfg.train.micro_batch_size * accelerator.num_processes)
     dens = {"mlm_denominator": torch.ones((), device=accelerator.device),
             "nsp_denominator": cfg.train.global_batch_size / (accelerator.num_processes * accum)}
     with torch.random.fork_rng(devices=devices):
@@ -657,7 +656,7 @@ def train(cfg: Config) -> int:
                                               max_seq_len=manifest["max_seq_len"], buckets=buckets(cfg, manifest),
                                               padding_free=stream)
                                for seed, stream in ((cfg.seed, padding_free(cfg, accelerator)), (cfg.seed + 1, False)))
-    state["compile"] = warm_up(accelerator, model, forward, collator, eval_collator, cfg)
+    state["compile"] = warm_up(accelerator, model, forward, collator, eval_collator, cfg, accum)
     if main and state["compile"]:
         print(f"pretrain: compiled {state['compile']['graphs']} graphs before step 1 in {state['compile']['seconds']:.1f}s",
               file=sys.stderr, flush=True)

@@ -25,8 +25,8 @@ def args(data, out, *extra):
             "--checkpoint.keep_last", 2, *extra]
 
 
-def start(argv, new_session: bool = False) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, argv)], cwd=ROOT, env=child_env(),
+def start(argv, new_session: bool = False, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, argv)], cwd=ROOT, env=env or child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=new_session)
 
 

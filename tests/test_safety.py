@@ -8,8 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,26 +16,10 @@ import pytest
 from pipeline.pretrain import EXIT_PREEMPTED
 from pipeline.sample.build import REVIEWS_EVAL, REVIEWS_TRAIN
 from tests.conftest import PRETRAIN_FAST, ROOT, child_env, cli
+from tests.test_ecosystem import one_line
+from tests.test_resume import start, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def one_line(proc) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and lines[-1].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    return lines[-1]
-
-
-def start(*args, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, args)], cwd=ROOT, env=env or child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path: Path, timeout=300):
-    t0 = time.time()
-    while not path.exists():
-        assert time.time() - t0 < timeout, f"{path} never appeared"
-        time.sleep(0.05)
 
 
 def pretrain(data, out, steps, *extra):
@@ -79,7 +61,7 @@ def test_finetune_keeps_foreign_files_and_replaces_a_finished_output_only_when_c
     finished = snapshot(out)
     line = one_line(cli(*finetune(tiny_model / "model", out, "--lr", "2e-3"), check=False))
     assert "other inputs or settings" in line and "settings.lr: 0.001 -> 0.002" in line and snapshot(out) == finished
-    proc = start(*finetune(tiny_model / "model", out, "--lr", "2e-3", "--epochs", 50, "--overwrite", "true"))
+    proc = start(finetune(tiny_model / "model", out, "--lr", "2e-3", "--epochs", 50, "--overwrite", "true"))
     staging = None
     t0 = time.time()
     while staging is None:  # the new model is being built beside the old output
@@ -115,7 +97,7 @@ def test_a_second_writer_is_refused_naming_the_holder(sample_data, tiny_model, t
 
 def test_two_pretrain_launches_on_one_output(sample_data, tmp_path):
     out = tmp_path / "run"
-    first = start(*pretrain(sample_data["shards"], out, 400))
+    first = start(pretrain(sample_data["shards"], out, 400))
     wait_for(out / "checkpoints" / "step-00000003" / "COMPLETE")
     line = one_line(cli(*pretrain(sample_data["shards"], out, 400), check=False))
     assert f"PID {first.pid}" in line
@@ -129,7 +111,7 @@ def test_array_tasks_finishing_together_publish_once(sample_data, tmp_path):
     shutil.copytree(sample_data["corpus"], corpus)
     src = ROOT / "pipeline" / "sample" / "kowiki-sample-pages-articles-multistream.xml.bz2"
     args = ["extract", "--input", src, "--output", corpus, "--overwrite", "true", "--pages-per-shard", 40, "--num-tasks", 2]
-    tasks = [start(*args, "--task-index", i) for i in range(2)]
+    tasks = [start([*args, "--task-index", i]) for i in range(2)]
     for t in tasks:
         assert t.wait(timeout=600) == 0, t.stderr.read()[-2000:]
     manifest = json.loads((corpus / "manifest.json").read_text())
@@ -154,7 +136,7 @@ def test_trackers_that_cannot_work_are_refused_before_any_work(sample_data, tmp_
 def test_a_tracker_that_fails_mid_run_or_on_resume_never_stops_training(sample_data, tmp_path):
     out = tmp_path / "run"
     env = child_env(MLFLOW_ALLOW_FILE_STORE="true")
-    proc = start(*pretrain(sample_data["shards"], out, 60, "--log-with", "tensorboard,mlflow"), env=env)
+    proc = start(pretrain(sample_data["shards"], out, 60, "--log-with", "tensorboard,mlflow"), env=env)
     wait_for(out / "checkpoints" / "step-00000003" / "COMPLETE")
     shutil.rmtree(out / "mlruns")  # the store is gone mid-run
     _, err = proc.communicate(timeout=600)
@@ -188,7 +170,7 @@ def test_resume_applies_or_refuses_every_setting_and_refusals_write_nothing(samp
 
 def test_ctrl_c_checkpoints_and_says_so(sample_data, tmp_path):
     out = tmp_path / "run"
-    proc = start(*pretrain(sample_data["shards"], out, 400))
+    proc = start(pretrain(sample_data["shards"], out, 400))
     wait_for(out / "checkpoints" / "step-00000003" / "COMPLETE")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=300) == EXIT_PREEMPTED
