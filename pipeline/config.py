@@ -192,9 +192,18 @@ def build(cls, values: dict, prefix: str = ""):
         raise ConfigError(f"config section '{prefix or cls.__name__}': {err}") from None
 
 
+def packaged(path: Path) -> Path:
+    """``pipeline/configs/X.yaml`` from any directory (a SLURM job runs where it was submitted):
+    a relative path that is not there is looked up beside the installed ``pipeline`` package."""
+    if path.is_absolute() or path.exists():
+        return path
+    beside = Path(__file__).resolve().parent.parent / path
+    return beside if beside.is_file() else path
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML config file into a dict, with errors that name the file."""
-    path = Path(path)
+    path = packaged(Path(path))
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; check the --config path")
     try:

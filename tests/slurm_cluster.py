@@ -1,7 +1,9 @@
 """A throwaway SLURM cluster on this machine, from Debian's packages, for the tests.
 
 One slurmctld and one slurmd per simulated node, all on 127.0.0.1, started by hand (there is
-no systemd) and stopped by PID. Settings make scheduling and requeues take seconds.
+no systemd) and stopped by PID. Settings make scheduling and requeues take seconds. Each node
+claims 16 CPUs and 64 GB (config_overrides) and the partition is named `cpu`, as on a real
+cluster, so the shipped scripts' own #SBATCH requests and the README's lines run unchanged.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ KillWait=20
 SlurmdParameters=config_overrides
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
-NodeName=n[1-{nodes}] NodeHostname={host} NodeAddr=127.0.0.1 Port=[{port0}-{port1}] CPUs={cpus} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+NodeName=n[1-{nodes}] NodeHostname={host} NodeAddr=127.0.0.1 Port=[{port0}-{port1}] CPUs=16 RealMemory=65536 State=UNKNOWN
+PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
 
 
@@ -74,7 +76,7 @@ class LocalCluster:
         for n in range(1, self.nodes + 1):
             (d / f"spool-n{n}").mkdir(exist_ok=True)
         self.conf.write_text(CONF.format(host=self.host, d=d, nodes=self.nodes, ctld_port=16817, port0=17001,
-                                         port1=17000 + self.nodes, cpus=os.cpu_count() or 2))
+                                         port1=17000 + self.nodes))
         Path("/run/munge").mkdir(parents=True, exist_ok=True)
         shutil.chown("/run/munge", "munge", "munge")
         self._spawn(["runuser", "-u", "munge", "--", "/usr/sbin/munged", "-F", "--force"])

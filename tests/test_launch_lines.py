@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,7 +20,9 @@ def readme_commands() -> list[str]:
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for command in block.replace("\\\n", " ").splitlines():
             command = " ".join(command.split())
-            if command.startswith(("accelerate launch", "kowiki-bert pretrain", "slurm/submit.sh")):
+            bare = re.sub(r"^(\w+=\S+ )+", "", command)  # VAR=value prefixes
+            if bare.startswith(("accelerate launch", "kowiki-bert pretrain")) or "slurm/submit.sh " in bare \
+                    or bare.startswith("sbatch") and "pretrain.sbatch" in bare:
                 commands.append(command)
     return commands
 
@@ -32,31 +35,41 @@ def slurm_commands() -> list[str]:
 def resolve(command: str) -> tuple[int, list[str], dict]:
     """(world size, pretrain arguments, launcher environment) of a launch line."""
     words = shlex.split(command)
+    prefix = {}
+    while re.match(r"^\w+=", words[0]):
+        prefix.update([words.pop(0).split("=", 1)])
     env, world, args = {}, 1, []
+    config_file = prefix.get("ACCELERATE_CONFIG")
+    if "--config_file" in words:
+        config_file = words[words.index("--config_file") + 1]
+    config = yaml.safe_load(here(config_file).read_text()) if config_file else {}
+    ds_file = config.get("deepspeed_config", {}).get("deepspeed_config_file")
     if words[0] == "accelerate":
-        config = {}
-        if "--config_file" in words:
-            config = yaml.safe_load((ROOT / words[words.index("--config_file") + 1]).read_text())
         world = int(words[words.index("--num_processes") + 1]) if "--num_processes" in words else config.get("num_processes", 1)
-        ds_file = config.get("deepspeed_config", {}).get("deepspeed_config_file")
         if "--deepspeed_config_file" in words:
             ds_file = words[words.index("--deepspeed_config_file") + 1]
-        if ds_file:
-            env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(ROOT / ds_file)}
         args = words[words.index("pipeline.pretrain") + 1:]
     elif words[0] == "kowiki-bert":
         args = words[2:]
-    elif words[0] == "slurm/submit.sh":
+    elif words[0].endswith("slurm/submit.sh"):
         nodes = int(words[words.index("--nodes") + 1]) if "--nodes" in words else 1
         gpus = int(words[words.index("--gpus-per-node") + 1]) if "--gpus-per-node" in words else 8
-        world = nodes * gpus
+        world = nodes * (1 if "--cpu" in words[:words.index("--")] else gpus)
         args = ["--data", "work/shards", "--output", "work/pretrain"] + (words[words.index("--") + 1:] if "--" in words else [])
     else:  # sbatch --nodes=N --gpus-per-node=G slurm/pretrain.sbatch SHARDS OUTPUT
         opts = dict(w.lstrip("-").split("=", 1) for w in words if w.startswith("--") and "=" in w)
         world = int(opts.get("nodes", 1)) * int(opts.get("gpus-per-node", 1))
         at = next(i for i, w in enumerate(words) if w.endswith("pretrain.sbatch"))
         args = ["--data", words[at + 1], "--output", words[at + 2], *words[at + 3:]]
+    if ds_file:
+        env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(here(ds_file))}
     return world, args, env
+
+
+def here(path: str) -> Path:
+    """A path in a launch line: from the user's directory (the repository cloned into it as
+    kowiki-bert/, as the README's cluster section has it) or from the repository itself."""
+    return Path(path) if Path(path).exists() else ROOT / path
 
 
 LINES = readme_commands() + slurm_commands()
@@ -68,9 +81,10 @@ def test_the_launch_lines_are_found():
 
 
 @pytest.mark.parametrize("command", LINES, ids=[c[:60] for c in LINES])
-def test_launch_line_resolves_at_its_world_size(command, capsys, monkeypatch):
+def test_launch_line_resolves_at_its_world_size(command, capsys, monkeypatch, tmp_path):
+    (tmp_path / "kowiki-bert").symlink_to(ROOT)
+    monkeypatch.chdir(tmp_path)
     world, args, env = resolve(command)
-    monkeypatch.chdir(ROOT)
     monkeypatch.setenv("WORLD_SIZE", str(world))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
