@@ -11,7 +11,11 @@ import argparse
 import dataclasses
 import errno
 import importlib
+import json
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 from pipeline.config import ConfigError, leaf_fields, load_config, show_bounds, _closest
@@ -88,8 +92,6 @@ def parse_stage_args(module, argv: Sequence[str], prog: str):
 def quiet_libraries() -> None:
     """Keep the libraries' expected chatter (head-mismatch load reports, per-file progress
     bars, DeepSpeed's accelerator probe) out of the stage output; real warnings still show."""
-    import os
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     if not os.environ.get("DS_ACCELERATOR"):
         import torch
@@ -102,6 +104,19 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def refuse(line: str) -> int:
+    """Print a refusal; under torchrun also hand it to the agent (its error file), so the
+    failure summary it prints after the ranks exit names the refusal instead of "<N/A>"."""
+    print(line, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        try:
+            Path(error_file).write_text(json.dumps({"message": line, "timestamp": int(time.time())}))
+        except OSError:
+            pass
+    return 2
+
+
 def stage_main(module_name: str, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point shared by the console script and ``python -m pipeline.<stage>``."""
     module = importlib.import_module(module_name)  # light: stages import torch & co. when they run
@@ -112,14 +127,11 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None, prog: str | 
         quiet_libraries()
         result = module.run(cfg)
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(f"error: {err}")
     except OSError as err:
         if err.errno not in DISK_ERRORS:
             raise
-        print(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; "
-              f"{DISK_ERRORS[err.errno]}", file=sys.stderr)
-        return 2
+        return refuse(f"error: cannot write {err.filename or 'the output'}: {err.strerror}; {DISK_ERRORS[err.errno]}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,11 @@ from pipeline.errors import PipelineError
 from pipeline.model import bert_config, count_params, resolve_source, train_flops
 
 GIB = 1024**3
+# The time estimate is labelled as one: dense bf16 peaks (NVIDIA's data sheets) at an assumed
+# model-FLOPs utilization. 40% is what tuned BERT pretraining reaches on A100/H100 (MosaicBERT,
+# NVIDIA's DeepLearningExamples report 35-50%); a run's own log prints its measured MFU.
+ASSUMED_MFU = 0.40
+ESTIMATE_GPUS = (("A100", 312e12), ("H100", 989e12))
 
 
 def plan(cfg, world: int | None = None, zero_stage: int = -1) -> dict:
@@ -36,11 +41,13 @@ def plan(cfg, world: int | None = None, zero_stage: int = -1) -> dict:
     slots = -(-max(1, round(seq * t.mlm_probability)) // 8) * 8
     tokens = t.global_batch_size * seq
     dense, embed = count_params(bert)
+    flops = train_flops(bert, tokens, seq, round(t.global_batch_size * seq * t.mlm_probability))
     return {"world_size": world, "gradient_accumulation_steps": t.global_batch_size // per_step,
             "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size, "seq_len": seq,
             "assumed_shape": not manifest, "tokens_per_step": tokens, "parameters": dense + embed,
             "architecture": architecture,
-            "flops_per_step": train_flops(bert, tokens, seq, round(t.global_batch_size * seq * t.mlm_probability)),
+            "flops_per_step": flops, "max_steps": t.max_steps,
+            "hours": {gpu: flops * t.max_steps / (world * peak * ASSUMED_MFU) / 3600 for gpu, peak in ESTIMATE_GPUS},
             "memory_gib_per_gpu": memory_per_gpu(bert, t.micro_batch_size, seq, slots, world, zero_stage)}
 
 
@@ -86,4 +93,7 @@ def show(p: dict) -> str:
             f"  seq {p['seq_len']}: {p['tokens_per_step']:,} tokens and {p['flops_per_step'] / 1e15:.2f} PFLOP per step; "
             f"{p['parameters'] / 1e6:.1f}M parameters, architecture {p['architecture']}\n"
             f"  memory per GPU, estimated: {mem['total']:.1f} GiB (weights {mem['weights']:.2f}, gradients "
-            f"{mem['gradients']:.2f}, optimizer {mem['optimizer']:.2f}, activations {mem['activations']:.2f})")
+            f"{mem['gradients']:.2f}, optimizer {mem['optimizer']:.2f}, activations {mem['activations']:.2f})\n"
+            f"  time for {p['max_steps']:,} steps, estimated at {ASSUMED_MFU:.0%} MFU: "
+            + ", ".join(f"{h:.1f} h on {p['world_size']} {gpu} ({h * p['world_size']:,.0f} GPU-hours)"
+                        for gpu, h in p["hours"].items()))

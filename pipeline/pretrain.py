@@ -144,6 +144,11 @@ def setup(cfg: Config):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     probe = make_accelerator(precision, 1)
     world = probe.num_processes
+    if world == 1 and probe.is_main_process and asked_for_more():
+        print("pretrain: warning: accelerate launch was asked for more than one process but started one (its simple "
+              "launcher: --cpu or --num_processes without a multi-process mode); this run trains on 1 process. For N "
+              "CPU processes use --config_file accelerate_configs/cpu_multiprocess.yaml --num_processes N",
+              file=sys.stderr)
     per_step = cfg.train.micro_batch_size * world
     if cfg.train.global_batch_size % per_step:
         raise PipelineError(f"train.global_batch_size={cfg.train.global_batch_size} is not a multiple of "
@@ -157,6 +162,13 @@ def setup(cfg: Config):
                             "so LAMB's per-layer trust ratios would be wrong; use optim.name adamw with DeepSpeed, "
                             "or LAMB with a plain (DDP) launch")
     return probe, accum, stage
+
+
+def asked_for_more() -> bool:
+    """accelerate's single-process launcher sets MASTER_PORT only when it was asked for more
+    than one process or machine, and never RANK/WORLD_SIZE (torchrun sets those)."""
+    env = os.environ
+    return "ACCELERATE_USE_CPU" in env and "MASTER_PORT" in env and "WORLD_SIZE" not in env
 
 
 def resolved_precision(precision: str) -> str:
@@ -468,14 +480,62 @@ class RunLog:
         tracking.finish(self.trackers)
 
 
-def check_data(accelerator, data: str, manifest: dict, tokenizer) -> None:
-    """The shards' own tokenizer and checksums, verified before a step is spent on them."""
+def preflight(cfg: Config) -> str:
+    """What the real start refuses before step 1, checked by ``--dry-run`` without a process
+    group: the shards and their tokenizer, ``--init-from``, and the checkpoints in ``--output``
+    (another run's, or this run's with other settings). Shards not built yet are only noted."""
+    from pipeline import checkpoint as ckpt
+    from pipeline.data import load_tokenizer, pretraining_manifest
+    from pipeline.model import bert_config
+
+    if not (Path(cfg.data) / "manifest.json").exists():
+        return f"  checks: {cfg.data} holds no shards yet; the data, --init-from and resume are checked when training starts"
+    manifest = pretraining_manifest(cfg.data)
+    out = Path(cfg.output).expanduser()
+    check_not_inputs(out, [cfg.data] + ([cfg.init_from] if cfg.init_from and Path(cfg.init_from).exists() else []))
+    tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer")
+    check_tokenizer(cfg.data, manifest, tokenizer)
+    train_ds = check_length(cfg, manifest)
+    if cfg.init_from:
+        _, bert_cfg = initial_model(cfg, manifest, tokenizer, main=False)
+    else:
+        bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
+                               cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id)
+    path = ckpt.find(out / "checkpoints", cfg.resume, run_identity(cfg, bert_cfg, manifest), log=lambda m: None)
+    if path:
+        check_resume_settings(json.loads((path / "state.json").read_text()).get("config"), to_dict(cfg), path)
+    return (f"  checks passed: {len(train_ds):,} training examples, the shards' tokenizer"
+            + (f", --init-from {cfg.init_from}" if cfg.init_from else "")
+            + (f"; resumes from {path}" if path else f"; starts at step 0 in {out}"))
+
+
+def check_length(cfg: Config, manifest: dict):
+    """The training split, once the recipe's length and one global batch fit the shards."""
+    from pipeline.data import load_pretraining_dataset
+
+    if cfg.train.seq_len and cfg.train.seq_len != manifest["max_seq_len"]:
+        raise PipelineError(f"train.seq_len {cfg.train.seq_len} is this recipe's length but {cfg.data} was sharded with "
+                            f"--max-seq-len {manifest['max_seq_len']}; shard with --max-seq-len {cfg.train.seq_len} or pass "
+                            "--train.seq_len 0")
+    train_ds = load_pretraining_dataset(cfg.data, "train")
+    if len(train_ds) < cfg.train.global_batch_size:
+        raise PipelineError(f"{cfg.data} holds {len(train_ds)} training examples, fewer than one global batch "
+                            f"({cfg.train.global_batch_size}); lower train.global_batch_size or shard more text")
+    return train_ds
+
+
+def check_tokenizer(data: str, manifest: dict, tokenizer) -> None:
     tok_dir = Path(data) / "tokenizer"
     digest = tokenizer_hash(tok_dir)
     if digest != manifest["tokenizer_hash"] or len(tokenizer) != manifest["vocab_size"]:
         raise PipelineError(f"{tok_dir} is not the tokenizer the shards were made with (hash {digest}, {len(tokenizer)} "
                             f"pieces; manifest: {manifest['tokenizer_hash']}, {manifest['vocab_size']}); "
                             f"run 'kowiki-bert shard' again to rebuild {data}")
+
+
+def check_data(accelerator, data: str, manifest: dict, tokenizer) -> None:
+    """The shards' own tokenizer and checksums, verified before a step is spent on them."""
+    check_tokenizer(data, manifest, tokenizer)
     if accelerator.is_local_main_process:  # one read per node: about 1 s per GB
         t0 = time.time()
         size = verify_checksums(Path(data), manifest, f"re-run 'kowiki-bert shard' with --overwrite true for {data}")
@@ -560,8 +620,10 @@ def run(cfg: Config) -> int:
 
     from pipeline import lock
 
-    if cfg.dry_run:
-        print(launch_plan.show(launch_plan.plan(cfg, zero_stage=deepspeed_stage())))
+    if cfg.dry_run:  # once per launch, with the checks the real start makes before step 1
+        if launch_rank() == 0:
+            print(launch_plan.show(launch_plan.plan(cfg, zero_stage=deepspeed_stage())), flush=True)
+            print(preflight(cfg))
         return 0
     if launch_rank() != 0:
         return train(cfg)
@@ -612,15 +674,8 @@ def train(cfg: Config) -> int:
     # --- build
     tokenizer = load_tokenizer(Path(cfg.data) / "tokenizer")
     check_data(accelerator, cfg.data, manifest, tokenizer)
-    if cfg.train.seq_len and cfg.train.seq_len != manifest["max_seq_len"]:
-        raise PipelineError(f"train.seq_len {cfg.train.seq_len} is this recipe's length but {cfg.data} was sharded with "
-                            f"--max-seq-len {manifest['max_seq_len']}; shard with --max-seq-len {cfg.train.seq_len} or pass "
-                            "--train.seq_len 0")
-    train_ds = load_pretraining_dataset(cfg.data, "train")
+    train_ds = check_length(cfg, manifest)
     valid_ds = load_pretraining_dataset(cfg.data, "valid")
-    if len(train_ds) < cfg.train.global_batch_size:
-        raise PipelineError(f"{cfg.data} holds {len(train_ds)} training examples, fewer than one global batch "
-                            f"({cfg.train.global_batch_size}); lower train.global_batch_size or shard more text")
     probe = make_probe(cfg, tokenizer) if main else None
     model, bert_cfg = initial_model(cfg, manifest, tokenizer, main)
     run = run_identity(cfg, bert_cfg, manifest)

@@ -39,7 +39,10 @@ fi
 # SLURM may signal every process of the step: the launcher must survive USR1, so it starts
 # with USR1 ignored (inherited); the ranks install their own handler.
 trap '' USR1
-accelerate launch "${args[@]}" "${extra[@]}" -m pipeline.pretrain "$@" &
+# The launcher's stderr is kept too: a rank's one-line refusal and exit code sit above
+# torchrun's failure summary, and are handed back (REFUSAL_FILE) for the job's last log line.
+errors=$(mktemp)
+accelerate launch "${args[@]}" "${extra[@]}" -m pipeline.pretrain "$@" 2> >(tee "$errors" >&2) &
 launcher=$!
 forward() { pkill "-$1" -P "$launcher" 2>/dev/null || true; }
 trap 'forward USR1' USR1
@@ -48,4 +51,11 @@ while :; do
     wait "$launcher" && status=0 || status=$?
     kill -0 "$launcher" 2>/dev/null || break
 done
+if [ "$status" -ne 0 ]; then
+    code=$(sed -n '/Root Cause/,$p' "$errors" | grep -m1 -oP 'exitcode\s*:\s*\K[0-9]+' || true)
+    [ -n "$code" ] && [ "$code" -ne 0 ] && status=$code
+    line=$(grep -m1 '^error: ' "$errors" || true)
+    [ -n "$line" ] && [ -n "${REFUSAL_FILE:-}" ] && [ "$SLURM_NODEID" = 0 ] && echo "$line" >"$REFUSAL_FILE"
+fi
+rm -f "$errors"
 exit "$status"

@@ -112,3 +112,39 @@ def test_recipe_length_is_checked_against_the_shards(sample_data, tmp_path):
     proc = cli("pretrain", "--data", sample_data["shards"], "--output", tmp_path / "out", "--train.seq_len", 512,
                "--max-steps", 1, check=False)
     assert proc.returncode != 0 and "train.seq_len 512" in proc.stderr and "--max-seq-len 128" in proc.stderr, proc.stderr
+
+
+def test_dry_run_prints_once_and_refuses_what_the_real_start_refuses(sample_data, tiny_model, tmp_path):
+    from tests.conftest import PRETRAIN_FAST, launch
+
+    same = ["--data", sample_data["shards"], "--output", tiny_model, "--max-steps", 30, "--save-every", 15,
+            "--train.log_every", 5, *PRETRAIN_FAST, "--dry-run"]
+    two = launch(["--config_file", ROOT / "accelerate_configs" / "cpu_multiprocess.yaml"], same)
+    assert two.stdout.count("pretrain dry run:") == 1, two.stdout
+    assert f"resumes from {tiny_model}/checkpoints/step-00000030" in two.stdout
+    for change, says in ((["--lr", "2e-3"], "with other settings (optim.lr: 0.001 -> 0.002)"),
+                         (["--seed", "7"], "holds checkpoints of another run"),
+                         (["--output", tmp_path / "new", "--init-from", tmp_path / "no-model"], "no-model")):
+        proc = cli("pretrain", *same, *change, check=False)
+        assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_launch_that_starts_fewer_processes_than_asked_says_so(sample_data, tmp_path):
+    from tests.conftest import PRETRAIN_FAST, launch
+
+    proc = launch(["--cpu", "--num_processes", 2], ["--data", sample_data["shards"], "--output", tmp_path / "one",
+                                                    "--max-steps", 1, *PRETRAIN_FAST, "--checkpoint.export_hf", "false"])
+    assert "was asked for more than one process but started one" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["zero1", "zero2", "zero3", "zero3_offload"])
+def test_each_zero_stage_has_a_launch_config_for_slurm(name):
+    """ACCELERATE_CONFIG=accelerate_configs/deepspeed_<name>.yaml is how SLURM jobs choose DeepSpeed."""
+    import json
+
+    config = yaml.safe_load((ROOT / "accelerate_configs" / f"deepspeed_{name}.yaml").read_text())
+    assert config["distributed_type"] == "DEEPSPEED"
+    ds = json.loads((ROOT / config["deepspeed_config"]["deepspeed_config_file"]).read_text())
+    assert ds["zero_optimization"]["stage"] == int(name[4])
+    assert ("offload_optimizer" in ds["zero_optimization"]) == name.endswith("offload")

@@ -187,8 +187,12 @@ def test_start_up_failure_after_a_stale_status_fails_the_job(cluster, user, stal
     out.mkdir()
     stale_status = json.dumps({"state": stale, "step": 5, "attempt": "0.0"})  # SLURM job ids start at 1
     (out / "status.json").write_text(stale_status)
-    text = failed_without_requeue(cluster, *pretrain_job(cluster, user, "no-such-shards", "pretrain"))
-    assert "no such directory" in text and "training failed; not requeueing" in text
+    job, log = pretrain_job(cluster, user, "no-such-shards", "pretrain")
+    text = failed_without_requeue(cluster, job, log)
+    # the rank's one-line refusal is the job's last line, and its exit code the job's
+    last = text.strip().splitlines()[-1]
+    assert "training failed; not requeueing: error: " in last and "no such directory" in last, text[-3000:]
+    assert cluster.job(job)["ExitCode"] == "2:0"
     assert (out / "status.json").read_text() == stale_status
 
 
