@@ -442,12 +442,27 @@ def recipe(cfg: Config, manifest: dict, accelerator) -> dict:
             "masking": f"{cfg.train.mlm_probability:.0%}" + (", whole words" if cfg.train.whole_word_mask else "")}
 
 
+def corpus_of(manifest: dict) -> dict | None:
+    """The source the shards were made from, for the card (shards from before it was recorded:
+    read from the corpus folder they name, when it is still there)."""
+    from pipeline.shards import corpus_summary
+
+    corpus = manifest.get("corpus")
+    if corpus is None:
+        try:
+            corpus = corpus_summary(json.loads((Path(manifest["config"]["corpus"]) / "manifest.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return dict(corpus, tokens=manifest.get("counts", {}).get("train_tokens"))
+
+
 def model_card(cfg: Config, bert_cfg, state: dict, curves: str | None = None) -> str:
     probe = state.get("probe") if state.get("probe", {}).get("scores") else None
     name = cfg.publish.push_to_hub.split("/")[-1] or f"kowiki-bert {Path(cfg.output).name}"
     return pretrain_card(name=name, license=cfg.publish.license, bert_cfg=bert_cfg, recipe=state["recipe"],
                          step=state["step"], tokens=state["tokens_seen"], eval_metrics=state.get("eval", {}),
-                         init_from=cfg.init_from or None, probe=probe, curves=curves)
+                         init_from=cfg.init_from or None, probe=probe, curves=curves, corpus=state.get("corpus"),
+                         notes=state.get("notes"))
 
 
 class RunLog:
@@ -699,6 +714,7 @@ def train(cfg: Config) -> int:
         if main:
             print(f"pretrain: resumed from {resume_from} at step {state['step']}", file=sys.stderr)
     state["recipe"], state["config"] = recipe(cfg, manifest, accelerator), to_dict(cfg)
+    state["corpus"] = corpus_of(manifest)
     info = run_info(accelerator, cfg, accum, stage, innermost(optimizer))
     log = RunLog(cfg, state, out, info["config"]) if main else None  # continues the run's W&B/MLflow runs
     if main:
@@ -820,6 +836,8 @@ def evaluate_and_probe(accelerator, model, valid, collator, cfg: Config, state: 
 
     ev = evaluate(accelerator, model, valid, collator, cfg)
     state["eval"] = ev
+    if ev and "eval_first" not in state:
+        state["eval_first"] = dict(ev, step=state["step"])
     if ev and log:
         log({f"eval/{k}": v for k, v in ev.items()}, state["step"])
         print(f"pretrain: eval at step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()),
@@ -838,11 +856,35 @@ def evaluate_and_probe(accelerator, model, valid, collator, cfg: Config, state: 
     accelerator.wait_for_everyone()
 
 
+def learning_note(state: dict, vocab_size: int) -> str | None:
+    """A run whose held-out MLM loss rose, or ends above a uniform guess over the vocabulary
+    (what a step-0 model scores), learned nothing that carries to new text: said in the console
+    and on the card, never left for a user to find in the curves."""
+    first, last = state.get("eval_first", {}), state.get("eval", {})
+    if "mlm_loss" not in last or not math.isfinite(last["mlm_loss"]):
+        return None
+    uniform = math.log(vocab_size)
+    rose = first.get("step", state["step"]) < state["step"] and last["mlm_loss"] > first["mlm_loss"]
+    if last["mlm_loss"] < uniform and not rose:
+        return None
+    tokens = (state.get("corpus") or {}).get("tokens")
+    return (f"held-out MLM loss {last['mlm_loss']:.2f} at step {state['step']:,}"
+            + (f" rose from {first['mlm_loss']:.2f} at step {first['step']:,}" if rose else "")
+            + f" (a uniform guess over the {vocab_size:,}-piece vocabulary scores {uniform:.2f}): the model memorized "
+            + (f"its {tokens:,} training tokens" if tokens else "its training text")
+            + " instead of learning the language. This is a smoke run, too small to learn from; shard more text "
+              "for a usable model.")
+
+
 def finish(cfg: Config, state: dict, metrics: dict, weights: dict, bert_cfg, tokenizer, rows: list[dict]) -> None:
     """On the main process: the model with its card and curves, metrics.json, status, and the Hub."""
     from pipeline.export import save_hf
 
     out = Path(cfg.output)
+    note = learning_note(state, bert_cfg.vocab_size)
+    if note:
+        state["notes"] = [note]
+        print(f"pretrain: note: {note}", file=sys.stderr)
     curves = out / "curves.png"
     drawn = write_pretrain_curves(curves, rows)
     save_hf(weights, bert_cfg, tokenizer, out / "model", card=model_card(cfg, bert_cfg, state, "curves.png" if drawn else None),

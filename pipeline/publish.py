@@ -17,7 +17,8 @@ class PublishArgs:
     project: str = option("kowiki-bert", "W&B project / MLflow experiment")
     push_to_hub: str = option("", "upload the model (with its card) to this Hub repository id when the stage ends")
     hub_private: bool = option(True, "create the Hub repository private")
-    license: str = option("cc-by-sa-4.0", "license stated in the model card", choices=LICENSES)
+    license: str = option("auto", "license stated in the model card; auto: the corpus's (CC BY-SA 4.0 for Wikipedia, "
+                          "else other) when pretraining, the base model's card's when fine-tuning", choices=LICENSES)
 
     def check(self) -> None:
         """Before any work: trackers installed, and a push that can happen."""

@@ -216,7 +216,8 @@ def _run(cfg: Config) -> dict:
     records = shards.complete_records(build, num_shards, config_hash)
     if records:
         manifest = {"kind": "pretraining", "tokenizer_hash": tok_hash, "vocab_size": vocab_size,
-                    "id_dtype": str(id_type), "max_seq_len": cfg.max_seq_len, "config": to_dict(cfg)}
+                    "id_dtype": str(id_type), "max_seq_len": cfg.max_seq_len, "config": to_dict(cfg),
+                    "corpus": shards.corpus_summary(corpus_manifest)}
         with lock.publishing(out):  # array tasks finishing together: one publishes, the others see it done
             if shards.published(build, out, config_hash):
                 totals = json.loads((out / shards.MANIFEST).read_text())["counts"]

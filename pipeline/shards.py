@@ -255,6 +255,14 @@ def output_fingerprint(manifest: dict) -> str:
                                                     for info in rec["files"].values()])
 
 
+def corpus_summary(corpus_manifest: dict) -> dict:
+    """What a model card says about the text behind shards: the source file, its layout and
+    how many documents were kept (recorded in the shards, so it outlives the corpus folder)."""
+    source = corpus_manifest.get("source", {})
+    return {"source": Path(source.get("path", "")).name or "unknown", "format": source.get("format", "unknown"),
+            "documents": corpus_manifest.get("counts", {}).get("kept")}
+
+
 def write_manifest(out: Path, records: list[dict], manifest: dict, identity: dict) -> dict:
     """Write ``manifest.json`` (last: it marks the output complete) with per-shard tallies summed."""
     totals: dict[str, dict] = {}

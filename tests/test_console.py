@@ -49,3 +49,18 @@ def test_run_reports_each_stage_and_the_whole_process_time(tmp_path):
     total = float(re.search(r"All stages finished in ([\d.]+)s \(", proc.stdout).group(1))
     assert all(float(t) > 0 for t in times.values()) and total >= sum(map(float, times.values()))
     assert "start-up" in proc.stdout and "model card" in proc.stdout
+
+
+def test_a_run_that_did_not_learn_says_so():
+    from pipeline.pretrain import learning_note
+
+    def state(first, last, corpus=None):
+        return {"step": 300, "eval_first": {"mlm_loss": first, "step": 100}, "eval": {"mlm_loss": last},
+                "corpus": corpus}
+
+    rose = learning_note(state(6.1, 6.4, {"tokens": 32448}), 2000)
+    assert rose.startswith("held-out MLM loss 6.40 at step 300 rose from 6.10 at step 100")
+    assert "memorized its 32,448 training tokens" in rose and "smoke run, too small to learn from" in rose
+    assert "uniform guess over the 2,000-piece vocabulary scores 7.60" in learning_note(state(8.0, 7.9), 2000)
+    assert learning_note(state(7.0, 5.5), 2000) is None
+    assert learning_note({"step": 4, "eval": {}}, 2000) is None

@@ -45,6 +45,7 @@ def test_finetune_card_label_names_and_no_false_comparison(tiny_model, tmp_path)
         "--output", tmp_path, "--epochs", "2", "--lr", "1e-3", "--batch-size", "16")
     meta, body = card(tmp_path / "model")
     assert meta["pipeline_tag"] == "text-classification" and "nsmc" in meta["tags"]
+    assert meta["license"] == "cc-by-sa-4.0"  # the base model's, as its card states it
     assert "labels: negative, positive" in body and "not comparable with published scores" in body
     accuracy = json.loads((tmp_path / "metrics.json").read_text())["accuracy"]
     assert f"| accuracy | {accuracy:.4f} |" in body
@@ -269,3 +270,28 @@ def test_init_from_a_masked_lm_without_nsp_head_says_what_it_initialized(sample_
     before = load_file(str(mlm / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
     after = load_file(str(tmp_path / "o" / "model" / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
     assert (after - before).abs().max() < 0.05  # the encoder came from the masked LM
+
+
+def test_card_states_the_corpus_license_and_base_the_run_used(tiny_model, tmp_path):
+    # a corpus that is not Wikipedia: the sample reviews as plain text, one review per document
+    reviews = [line.split("\t")[1] for line in REVIEWS_TRAIN.read_text(encoding="utf-8").splitlines()[1:]]
+    text = tmp_path / "reviews.txt"
+    text.write_text("\n\n".join(reviews) + "\n", encoding="utf-8")
+    cli("extract", "--input", text, "--output", tmp_path / "corpus", "--min-document-chars", "5", "--min-sentence-chars", "2")
+    cli("shard", "--corpus", tmp_path / "corpus", "--tokenizer", tiny_model / "model", "--output", tmp_path / "shards",
+        "--valid-fraction", "0.1")
+    run = ["--data", tmp_path / "shards", "--max-steps", 2, *PRETRAIN_FAST, "--checkpoint.save_every", 0]
+    cli("pretrain", "--output", tmp_path / "own", *run)
+    meta, body = card(tmp_path / "own" / "model")
+    assert meta["license"] == "other" and "datasets" not in meta, meta
+    assert "pretrained with kowiki-bert on the text corpus (`reviews.txt`; 480 documents" in body
+    assert "Wikipedia" not in body and "state it with `--license` before publishing" in body
+    # --license wins; --init-from is named as the base and its license as applying too
+    cli("pretrain", "--output", tmp_path / "cont", *run, "--license", "cc0-1.0", "--init-from", tiny_model / "model")
+    meta, body = card(tmp_path / "cont" / "model")
+    assert meta["license"] == "cc0-1.0" and f"continued from `{tiny_model / 'model'}`" in body
+    assert "released under cc0-1.0" in body and "its license applies too" in body
+    # the Wikipedia sample's own card keeps CC BY-SA and the wikipedia dataset tag
+    meta, body = card(tiny_model / "model")
+    assert meta["license"] == "cc-by-sa-4.0" and meta["datasets"] == ["wikipedia"]
+    assert "the Korean Wikipedia (`kowiki-sample-pages-articles-multistream.xml.bz2`; 20 documents" in body
