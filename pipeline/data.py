@@ -50,6 +50,16 @@ class PretrainingDataset(torch.utils.data.Dataset):
         f = int(np.searchsorted(self._starts, index, side="right")) - 1
         return f, index - int(self._starts[f])
 
+    def token_counts(self, vocab_size: int, limit: int) -> np.ndarray:
+        """How often each id occurs in the examples' text, from about ``limit`` tokens taken
+        evenly across the files (a unigram for the context-free baseline, in seconds)."""
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        per_file = max(1, limit // max(1, len(self._values)))
+        for values in self._values:
+            step = max(1, len(values) // per_file)
+            counts += np.bincount(values[::step], minlength=vocab_size)[:vocab_size]
+        return counts
+
     def num_tokens(self, index: int) -> int:
         f, i = self._locate(index)
         return int(self._offsets[f][i + 1] - self._offsets[f][i]) + 3
@@ -111,7 +121,7 @@ class MLMNSPCollator:
     """Pad a batch and mask it for MLM, reproducibly.
 
     Masks ``mlm_probability`` of the real tokens of each example (never ``[CLS]``, ``[SEP]``,
-    ``[PAD]``): 80% become ``[MASK]``, 10% a random token, 10% stay. The draw for an example
+    ``[PAD]``): by default (``shares``) 80% become ``[MASK]``, 10% a random token, 10% stay. The draw for an example
     depends only on (seed, epoch, example index); set ``epoch`` before each epoch.
     ``whole_word`` masks all pieces of a word together. Besides ``labels`` (B, S) it gives
     ``mlm_positions``/``mlm_labels`` (B, max_predictions): static shapes for the MLM head.
@@ -119,8 +129,10 @@ class MLMNSPCollator:
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 0, whole_word: bool = False,
                  pad_to_multiple_of: int | None = 8, epoch: int = 0, max_seq_len: int = 512,
-                 buckets: tuple[int, ...] | None = None, padding_free: bool = False):
+                 buckets: tuple[int, ...] | None = None, padding_free: bool = False,
+                 shares: tuple[float, float] = (0.8, 0.1)):
         self.padding_free, self.max_seq_len = padding_free, max_seq_len
+        self.mask_share, self.random_share = shares
         self.mlm_probability, self.seed, self.whole_word, self.epoch = mlm_probability, seed, whole_word, epoch
         self.pad_to_multiple_of = pad_to_multiple_of
         self.buckets = tuple(sorted(buckets)) if buckets else None
@@ -164,8 +176,8 @@ class MLMNSPCollator:
         labels[pos] = ids[pos]
         out = ids.copy()
         roll = rng.random(len(pos))
-        out[pos[roll < 0.8]] = self.mask_id
-        rand_pos = pos[(roll >= 0.8) & (roll < 0.9)]
+        out[pos[roll < self.mask_share]] = self.mask_id
+        rand_pos = pos[(roll >= self.mask_share) & (roll < self.mask_share + self.random_share)]
         out[rand_pos] = self.random_ids[rng.integers(0, len(self.random_ids), len(rand_pos))]
         return out, labels
 

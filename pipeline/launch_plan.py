@@ -35,8 +35,12 @@ def plan(cfg, world: int | None = None, zero_stage: int = -1) -> dict:
     manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
     seq, vocab = manifest.get("max_seq_len", t.seq_len or 128), manifest.get("vocab_size", 32000)
     source = source_config(cfg.init_from)
-    bert = source or bert_config(cfg.model.size, vocab, max(512, seq))
+    from pipeline.pretrain import model_dims
+
+    dims = {k: v for k, v in model_dims(cfg).items() if v}
+    bert = source or bert_config(cfg.model.size, vocab, max(512, seq), dims=dims)
     architecture = (f"of --init-from {cfg.init_from}" if source else f"model.size {cfg.model.size}"
+                    + "".join(f", {k} {v}" for k, v in dims.items())
                     + (f" (--init-from {cfg.init_from} is not on disk yet)" if cfg.init_from else ""))
     slots = -(-max(1, round(seq * t.mlm_probability)) // 8) * 8
     tokens = t.global_batch_size * seq

@@ -16,10 +16,14 @@ from pipeline.unpadded import encode
 
 
 def bert_config(size: str, vocab_size: int, max_position: int = 512, dropout: float = 0.1,
-                attention: str = "sdpa", pad_token_id: int = 0) -> BertConfig:
+                attention: str = "sdpa", pad_token_id: int = 0, dims: dict | None = None) -> BertConfig:
+    """A size preset, with any of its dimensions replaced by ``dims`` (hidden, layers, heads,
+    intermediate; 0 keeps the preset's)."""
     hidden, layers, heads = PRESETS[size]
+    dims = {k: v for k, v in (dims or {}).items() if v}
+    hidden, layers, heads = dims.get("hidden", hidden), dims.get("layers", layers), dims.get("heads", heads)
     config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * hidden,
+                        num_attention_heads=heads, intermediate_size=dims.get("intermediate", 4 * hidden),
                         max_position_embeddings=max_position, hidden_dropout_prob=dropout,
                         attention_probs_dropout_prob=dropout, pad_token_id=pad_token_id,
                         architectures=["BertForPreTraining"])

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import hub, publish, tracking
+from pipeline import hub, publish, tracking, yardstick
 from pipeline.card import pretrain_card
 from pipeline.config import fail, option, to_dict
 from pipeline.errors import PipelineError
@@ -38,7 +38,14 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGUSR1/SIGTERM after a checkpoin
 @dataclass
 class ModelArgs:
     size: str = option("tiny", "size preset", choices=tuple(PRESETS))
-    dropout: float = option(0.1, "hidden and attention dropout", bounds="[0, 1)")
+    hidden: int = option(0, "hidden size instead of the preset's (0: the preset's)", bounds="[0, inf)")
+    layers: int = option(0, "transformer layers instead of the preset's (0: the preset's)", bounds="[0, inf)")
+    heads: int = option(0, "attention heads instead of the preset's (0: the preset's)", bounds="[0, inf)")
+    intermediate: int = option(0, "feed-forward size (0: 4 x hidden)", bounds="[0, inf)")
+    dropout: float = option(0.1, "hidden and attention dropout while pretraining (Cramming: 0 pays at short budgets)",
+                            bounds="[0, 1)")
+    export_dropout: float = option(0.1, "dropout written into the exported config, which fine-tuning and the probe use, "
+                                        "whatever model.dropout pretrained with", bounds="[0, 1)")
     attention: str = option("sdpa", "attention kernel (sdpa: PyTorch fused attention)", choices=("sdpa", "eager"))
     compile: str = option("auto", "torch.compile the model after accelerate.prepare (auto: on CUDA)", choices=("auto", "on", "off"))
 
@@ -67,6 +74,9 @@ class TrainArgs:
     precision: str = option("auto", "mixed precision (auto: bf16 on GPUs that have it, else no)", choices=("auto", "no", "bf16", "fp16"))
     mlm_probability: float = option(0.15, "share of real tokens masked", bounds="(0, 1)")
     whole_word_mask: bool = option(False, "mask all pieces of a word together")
+    mask_share: float = option(0.8, "share of the chosen tokens replaced by [MASK] (BERT: 0.8; 1.0: all-[MASK])", bounds="[0, 1]")
+    random_share: float = option(0.1, "share of the chosen tokens replaced by a random token (the rest stay as they are)",
+                                 bounds="[0, 1]")
     num_workers: int = option(-1, "data-loading worker processes per rank (-1: 4 on a GPU, 1 on CPU)", bounds="[-1, inf)")
     padding_free: str = option("auto", "compute real tokens only: the batch as one stream of its tokens and attention "
                                        "per sequence (FlashAttention varlen on CUDA); auto: on (it paid on CPU too: "
@@ -122,6 +132,13 @@ class Config:
                  "make it one")
         if not 0 < t.mlm_probability < 1:
             fail("train.mlm_probability", f"is {t.mlm_probability}", "use a value in (0, 1)")
+        hidden, _, heads = PRESETS[self.model.size]
+        hidden, heads = self.model.hidden or hidden, self.model.heads or heads
+        if hidden % heads:
+            fail("model.hidden", f"{hidden} is not a multiple of {heads} attention heads", "change model.hidden or model.heads")
+        if t.mask_share + t.random_share > 1 + 1e-9:
+            fail("train.random_share", f"{t.random_share} with train.mask_share {t.mask_share} exceeds 1",
+                 "make the two shares sum to at most 1 (the rest of the chosen tokens stay as they are)")
         if self.optim.lr <= 0 or not 0 <= self.optim.warmup_ratio < 1:
             fail("optim.lr", "must be > 0 with optim.warmup_ratio in [0, 1)", "fix the value")
 
@@ -351,7 +368,7 @@ def save_checkpoint(accelerator, model, optimizer, scheduler, state: dict, cfg: 
     if cfg.checkpoint.export_hf:
         weights = full_state_dict(accelerator, accelerator.unwrap_model(model).bert)
         if accelerator.is_main_process:
-            save_hf(weights, bert_cfg, tokenizer, tmp / "hf", card=model_card(cfg, bert_cfg, state))
+            save_hf(weights, exported(bert_cfg, cfg), tokenizer, tmp / "hf", card=model_card(cfg, bert_cfg, state))
     if accelerator.is_main_process:
         ckpt.save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
         atomic_write_json(tmp / "state.json", state)
@@ -391,6 +408,11 @@ def run_identity(cfg: Config, bert_cfg, manifest: dict) -> dict:
     return dict(run, init_from=cfg.init_from) if cfg.init_from else run
 
 
+def model_dims(cfg: Config) -> dict:
+    m = cfg.model
+    return {"hidden": m.hidden, "layers": m.layers, "heads": m.heads, "intermediate": m.intermediate}
+
+
 def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
     """The model a run starts from (a ``PreTrainingModel`` and its config): a size preset, or
     ``--init-from`` weights (continued pretraining, position embeddings and all), identical
@@ -402,7 +424,7 @@ def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
     torch.manual_seed(cfg.seed)
     if not cfg.init_from:
         bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
-                               cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id)
+                               cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id, model_dims(cfg))
         return build_model(bert_cfg), bert_cfg
     bert, fresh = from_pretrained(cfg.init_from, tokenizer, manifest["max_seq_len"], cfg.model.dropout, cfg.model.attention)
     if main:
@@ -417,7 +439,7 @@ def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
 # (run_info.json, the model card) must be what it trained with.
 RESUMABLE = ("data", "output", "resume", "dry_run", "train.max_steps", "train.log_every", "train.num_workers",
              "train.max_bad_steps", "train.pad_buckets", "train.padding_free", "train.micro_batch_size",
-             "model.compile", "model.attention", "eval.", "checkpoint.", "publish.")
+             "model.compile", "model.attention", "model.export_dropout", "eval.", "checkpoint.", "publish.")
 
 
 def check_resume_settings(saved: dict | None, now: dict, path: Path) -> None:
@@ -425,6 +447,9 @@ def check_resume_settings(saved: dict | None, now: dict, path: Path) -> None:
     if not saved:  # a checkpoint from before settings were recorded
         return
     old, new = tracking.flatten(saved), tracking.flatten(now)
+    # a setting added after the checkpoint was written trained with its default
+    defaults = tracking.flatten(to_dict(Config(data="", output="")))
+    old = {**{k: v for k, v in defaults.items() if k not in old}, **old}
     changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not k.startswith(RESUMABLE)]
     if changed:
@@ -439,7 +464,16 @@ def recipe(cfg: Config, manifest: dict, accelerator) -> dict:
             "optimizer": f"{cfg.optim.name}, peak LR {cfg.optim.lr:g}, {cfg.optim.schedule} decay, "
                          f"{cfg.optim.warmup_ratio:.0%} warmup", "precision": str(accelerator.mixed_precision),
             "processes": accelerator.num_processes,
-            "masking": f"{cfg.train.mlm_probability:.0%}" + (", whole words" if cfg.train.whole_word_mask else "")}
+            "masking": f"{cfg.train.mlm_probability:.0%}" + (", whole words" if cfg.train.whole_word_mask else "")
+                       + f", [MASK]/random/kept {cfg.train.mask_share:.0%}/{cfg.train.random_share:.0%}/"
+                         f"{1 - cfg.train.mask_share - cfg.train.random_share:.0%}",
+            "dropout": f"{cfg.model.dropout:g} pretraining, {cfg.model.export_dropout:g} in the exported config"}
+
+
+def exported(bert_cfg, cfg: Config):
+    """The config an export carries: the architecture, with the fine-tuning dropout."""
+    return bert_cfg.__class__.from_dict({**bert_cfg.to_dict(), "hidden_dropout_prob": cfg.model.export_dropout,
+                                         "attention_probs_dropout_prob": cfg.model.export_dropout})
 
 
 def corpus_of(manifest: dict) -> dict | None:
@@ -462,7 +496,7 @@ def model_card(cfg: Config, bert_cfg, state: dict, curves: str | None = None) ->
     return pretrain_card(name=name, license=cfg.publish.license, bert_cfg=bert_cfg, recipe=state["recipe"],
                          step=state["step"], tokens=state["tokens_seen"], eval_metrics=state.get("eval", {}),
                          init_from=cfg.init_from or None, probe=probe, curves=curves, corpus=state.get("corpus"),
-                         notes=state.get("notes"))
+                         notes=state.get("notes"), escape_step=state.get("escape_step"))
 
 
 class RunLog:
@@ -515,7 +549,7 @@ def preflight(cfg: Config) -> str:
         _, bert_cfg = initial_model(cfg, manifest, tokenizer, main=False)
     else:
         bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
-                               cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id)
+                               cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id, model_dims(cfg))
     path = ckpt.find(out / "checkpoints", cfg.resume, run_identity(cfg, bert_cfg, manifest), log=lambda m: None)
     if path:
         check_resume_settings(json.loads((path / "state.json").read_text()).get("config"), to_dict(cfg), path)
@@ -599,6 +633,16 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, path: Path, cfg: C
     return state
 
 
+def eval_batches(valid, cfg: Config) -> int:
+    """Full batches only: the shapes warm_up compiled."""
+    return min(cfg.eval.batches, max(1, len(valid) // cfg.eval.batch_size))
+
+
+def eval_examples(valid, cfg: Config) -> list[dict]:
+    """The held-out examples every evaluation reads (the same ones each time)."""
+    return [valid[i] for i in range(min(len(valid), eval_batches(valid, cfg) * cfg.eval.batch_size))]
+
+
 def evaluate(accelerator, model, valid, collator, cfg: Config) -> dict:
     """MLM loss, perplexity and accuracies on the held-out shards (same batches every time)."""
     import torch
@@ -608,7 +652,7 @@ def evaluate(accelerator, model, valid, collator, cfg: Config) -> dict:
     if len(valid) == 0:
         return {}
     bs = cfg.eval.batch_size
-    total = min(cfg.eval.batches, max(1, len(valid) // bs))  # full batches: the shapes warm_up compiled
+    total = eval_batches(valid, cfg)
     per_rank = math.ceil(total / accelerator.num_processes)
     meter = Meter(accelerator.device)
     model.train(False)
@@ -723,10 +767,12 @@ def train(cfg: Config) -> int:
         write_status(out, "running", state["step"])
     # --- loop
     forward = compile_model(model, cfg, accelerator, stage)
-    collator, eval_collator = (MLMNSPCollator(tokenizer, cfg.train.mlm_probability, seed, cfg.train.whole_word_mask,
-                                              max_seq_len=manifest["max_seq_len"], buckets=buckets(cfg, manifest),
-                                              padding_free=stream)
-                               for seed, stream in ((cfg.seed, padding_free(cfg, accelerator)), (cfg.seed + 1, False)))
+    collator = MLMNSPCollator(tokenizer, cfg.train.mlm_probability, cfg.seed, cfg.train.whole_word_mask,
+                              max_seq_len=manifest["max_seq_len"], buckets=buckets(cfg, manifest),
+                              padding_free=padding_free(cfg, accelerator), shares=(cfg.train.mask_share, cfg.train.random_share))
+    eval_collator = yardstick.eval_collator(tokenizer, manifest["max_seq_len"], buckets(cfg, manifest))
+    if main:
+        state["baseline"] = yardstick.baseline(train_ds, eval_examples(valid_ds, cfg), eval_collator)
     state["compile"] = warm_up(accelerator, model, forward, collator, eval_collator, cfg, accum)
     if main and state["compile"]:
         print(f"pretrain: compiled {state['compile']['graphs']} graphs before step 1 in {state['compile']['seconds']:.1f}s",
@@ -835,6 +881,15 @@ def evaluate_and_probe(accelerator, model, valid, collator, cfg: Config, state: 
     from pipeline.export import full_state_dict
 
     ev = evaluate(accelerator, model, valid, collator, cfg)
+    base = state.get("baseline")
+    if ev and base:  # beside the yardstick: what context-free prediction scores, and the NotNext share
+        ev.update(context_free_mlm_loss=base["context_free_mlm_loss"],
+                  context_free_gap=ev["mlm_loss"] - base["context_free_mlm_loss"], nsp_not_next_share=base["not_next_share"])
+        if "escape_step" not in state and yardstick.escaped(ev["mlm_loss"], base["context_free_mlm_loss"]):
+            state["escape_step"] = state["step"]
+            print(f"pretrain: step {state['step']}: held-out MLM loss {ev['mlm_loss']:.3f} is more than "
+                  f"{yardstick.ESCAPE_MARGIN} nats below the context-free baseline {base['context_free_mlm_loss']:.3f}: "
+                  "the model uses context (escape step)", file=sys.stderr, flush=True)
     state["eval"] = ev
     if ev and "eval_first" not in state:
         state["eval_first"] = dict(ev, step=state["step"])
@@ -847,7 +902,7 @@ def evaluate_and_probe(accelerator, model, valid, collator, cfg: Config, state: 
     weights = full_state_dict(accelerator, accelerator.unwrap_model(model).bert)  # every rank: a collective under ZeRO
     if probe is not None:
         t0 = time.time()
-        score = probe.score(weights, bert_cfg, accelerator.device)
+        score = probe.score(weights, exported(bert_cfg, cfg), accelerator.device)
         record = state.setdefault("probe", {"task": probe.task, "metric": probe.metric, "scores": []})
         record["scores"] = [s for s in record["scores"] if s[0] < state["step"]] + [[state["step"], score]]
         log({f"probe/{probe.task}_{probe.metric}": score}, state["step"])
@@ -876,21 +931,35 @@ def learning_note(state: dict, vocab_size: int) -> str | None:
               "for a usable model.")
 
 
+def nsp_note(state: dict) -> str | None:
+    """NSP accuracy no better than always answering the eval pairs' majority label: not learned."""
+    ev = state.get("eval", {})
+    share, accuracy = ev.get("nsp_not_next_share"), ev.get("nsp_accuracy")
+    if share is None or accuracy is None or not math.isfinite(share):
+        return None
+    majority = max(share, 1 - share)
+    if accuracy > majority + 0.02:
+        return None
+    return (f"NSP accuracy {accuracy:.3f} is no better than always answering the majority label ({majority:.3f}: "
+            f"NotNext is {share:.1%} of the eval pairs): next sentence prediction was not learned on this data "
+            "(consecutive sentences of its documents may not follow each other, or the run was too short).")
+
+
 def finish(cfg: Config, state: dict, metrics: dict, weights: dict, bert_cfg, tokenizer, rows: list[dict]) -> None:
     """On the main process: the model with its card and curves, metrics.json, status, and the Hub."""
     from pipeline.export import save_hf
 
     out = Path(cfg.output)
-    note = learning_note(state, bert_cfg.vocab_size)
-    if note:
-        state["notes"] = [note]
+    state["notes"] = [n for n in (learning_note(state, bert_cfg.vocab_size), nsp_note(state)) if n]
+    for note in state["notes"]:
         print(f"pretrain: note: {note}", file=sys.stderr)
     curves = out / "curves.png"
     drawn = write_pretrain_curves(curves, rows)
-    save_hf(weights, bert_cfg, tokenizer, out / "model", card=model_card(cfg, bert_cfg, state, "curves.png" if drawn else None),
+    save_hf(weights, exported(bert_cfg, cfg), tokenizer, out / "model", card=model_card(cfg, bert_cfg, state, "curves.png" if drawn else None),
             files={"curves.png": curves} if drawn else {})
     ev = state.get("eval", {})
     summary = {"step": state["step"], "tokens_seen": state["tokens_seen"], "train": metrics, "eval": ev,
+               "escape_step": state.get("escape_step"), "notes": state["notes"],
                "probe": state.get("probe"), "compile": state.get("compile"), "seconds": state.get("seconds")}
     atomic_write_json(out / "metrics.json", summary)
     write_status(out, "finished", state["step"])
