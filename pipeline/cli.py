@@ -128,6 +128,9 @@ def stage_main(module_name: str, argv: Sequence[str] | None = None, prog: str | 
         result = module.run(cfg)
     except PipelineError as err:
         return refuse(f"error: {err}")
+    except BrokenPipeError:  # `... --dry-run | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as err:
         if err.errno not in DISK_ERRORS:
             raise

@@ -99,5 +99,9 @@ def show(p: dict) -> str:
             f"  memory per GPU, estimated: {mem['total']:.1f} GiB (weights {mem['weights']:.2f}, gradients "
             f"{mem['gradients']:.2f}, optimizer {mem['optimizer']:.2f}, activations {mem['activations']:.2f})\n"
             f"  time for {p['max_steps']:,} steps, estimated at {ASSUMED_MFU:.0%} MFU: "
-            + ", ".join(f"{h:.1f} h on {p['world_size']} {gpu} ({h * p['world_size']:,.0f} GPU-hours)"
-                        for gpu, h in p["hours"].items()))
+            + ", ".join(f"{hours(h)} on {p['world_size']} {gpu} ({h * p['world_size']:,.{0 if h * p['world_size'] >= 10 else 1}f} "
+                        "GPU-hours)" for gpu, h in p["hours"].items()))
+
+
+def hours(h: float) -> str:
+    return f"{h:.1f} h" if h >= 1 else f"{h * 60:.0f} min"

@@ -148,3 +148,15 @@ def test_each_zero_stage_has_a_launch_config_for_slurm(name):
     ds = json.loads((ROOT / config["deepspeed_config"]["deepspeed_config_file"]).read_text())
     assert ds["zero_optimization"]["stage"] == int(name[4])
     assert ("offload_optimizer" in ds["zero_optimization"]) == name.endswith("offload")
+
+
+def test_dry_run_piped_into_head_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import child_env
+
+    line = (f"{sys.executable} -m pipeline.cli pretrain --config {ROOT}/pipeline/configs/pretrain_base.yaml --data none "
+            "--output out --dry-run | head -1")
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=tmp_path, env=child_env(WORLD_SIZE="8"))
+    assert proc.stdout.startswith("pretrain dry run: 8 process(es)") and "Traceback" not in proc.stderr, proc.stderr

@@ -151,3 +151,22 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default():
     now["train"]["mask_share"] = 1.0
     with pytest.raises(PipelineError, match="train.mask_share: 0.8 -> 1.0"):
         check_resume_settings(saved, now, Path("ckpt"))
+
+
+def test_recipe_search_script_runs_variants_and_resumes(sample_data, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, child_env
+
+    cmd = [sys.executable, ROOT / "benchmarks" / "recipe.py", sample_data["shards"], tmp_path, "--steps", "4",
+           "--eval-every", "2", "--variants", "bert,all-mask", "--", "--global-batch-size", "16", "--micro-batch-size", "8",
+           "--eval.batches", "1", "--train.num_workers", "0"]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.startswith("| variant | escape step | MLM loss @2 | MLM loss @4 |")
+    assert "| bert |" in first.stdout and "| all-mask |" in first.stdout and "Context-free baseline" in first.stdout
+    results = json.loads((tmp_path / "recipe.json").read_text())
+    assert set(results["all-mask"]["eval"]) == {"2", "4"}
+    again = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600)
+    assert again.stdout == first.stdout  # finished variants are read, not rerun
