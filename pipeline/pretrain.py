@@ -963,9 +963,9 @@ def finish(cfg: Config, state: dict, metrics: dict, weights: dict, bert_cfg, tok
                "probe": state.get("probe"), "compile": state.get("compile"), "seconds": state.get("seconds")}
     atomic_write_json(out / "metrics.json", summary)
     write_status(out, "finished", state["step"])
-    print(f"pretrain: {state['step']} steps, eval MLM loss {ev.get('mlm_loss', float('nan')):.3f} "
-          f"(ppl {ev.get('perplexity', float('nan')):.1f}), NSP acc {ev.get('nsp_accuracy', float('nan')):.3f} "
-          f"-> {out / 'model'}", file=sys.stderr)
+    held_out = (f"eval MLM loss {ev['mlm_loss']:.3f} (ppl {ev['perplexity']:.1f}), NSP acc {ev['nsp_accuracy']:.3f}"
+                if ev else "no held-out examples to evaluate (the shards' valid split is empty)")
+    print(f"pretrain: {state['step']} steps, {held_out} -> {out / 'model'}", file=sys.stderr)
     if cfg.publish.push_to_hub:
         url = hub.push(out / "model", cfg.publish.push_to_hub, cfg.publish.hub_private, f"kowiki-bert pretrain, step {state['step']}")
         print(f"pretrain: pushed {out / 'model'} to {url}", file=sys.stderr)
