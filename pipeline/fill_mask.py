@@ -76,7 +76,8 @@ def run(cfg: Config) -> list:
         results.append(answers)
         print(text)
         for n, candidates in enumerate(answers, 1):
-            print(f"  [MASK] {n}: " + "  ".join(f"{a['word']} ({a['score']:.3f})" for a in candidates))
+            # quoted, with a percentage: a candidate that is itself punctuation ("(") stays readable
+            print(f"  [MASK] {n}: " + "  ".join(f"\"{a['word']}\" {a['score']:.1%}" for a in candidates))
         if len(answers) == 1:
             print(f"  best: {answers[0][0]['sequence']}")
     return results

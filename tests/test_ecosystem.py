@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -243,8 +244,9 @@ def test_fill_mask_answers_in_words_with_scores(tiny_model):
     assert not any(a["word"].startswith("##") for a in answers)  # ... and shown as words
     assert sum(a["score"] for a in answers) < 1.0 and answers[0]["score"] >= answers[-1]["score"]
     proc = cli("fill-mask", "--model", tiny_model / "model", "이순신은 [MASK] 중기의 무신이다.", "--top-k", 50)
-    shown = proc.stdout.splitlines()[1].split("  ")[1:]  # "[MASK] 1:", then "word (score)" each
-    assert len(shown) == 50 and not [w for w in shown if w.startswith("##")], proc.stdout
+    shown = proc.stdout.splitlines()[1].split(": ", 1)[1].split("  ")  # "  [MASK] 1: ", then '"word" 12.3%' each
+    assert len(shown) == 50 and all(re.fullmatch(r'"[^"]+" \d+\.\d%', w) for w in shown), proc.stdout
+    assert not [w for w in shown if w.startswith('"##')], proc.stdout
     assert "  best: 이순신은" in proc.stdout
 
 
