@@ -160,3 +160,13 @@ def test_dry_run_piped_into_head_ends_quietly(tmp_path):
             "--output out --dry-run | head -1")
     proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, cwd=tmp_path, env=child_env(WORLD_SIZE="8"))
     assert proc.stdout.startswith("pretrain dry run: 8 process(es)") and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_refusal_under_torchrun_is_named_in_its_failure_summary(sample_data, tmp_path):
+    from tests.conftest import launch
+
+    with pytest.raises(AssertionError) as failed:
+        launch(["--config_file", ROOT / "accelerate_configs" / "cpu_multiprocess.yaml"],
+               ["--data", sample_data["shards"], "--output", tmp_path / "o", "--max-steps", 1, "--optim.lr", "-1"])
+    summary = str(failed.value).split("Root Cause")[-1]
+    assert "traceback : error: config field 'optim.lr': -1.0 is out of range" in summary, summary
