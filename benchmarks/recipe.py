@@ -29,8 +29,6 @@ VARIANTS = {
     "mask-30": ["--train.mlm_probability", "0.3"],  # MosaicBERT / Wettig et al.
     "no-dropout-mask-30": ["--model.dropout", "0", "--train.mlm_probability", "0.3"],
     "no-dropout-lr-2e-3": ["--model.dropout", "0", "--lr", "2e-3"],
-    "mimetic-qk": ["--model.qk_init", "mimetic"],  # Trockman & Kolter 2023
-    "no-dropout-mimetic-qk": ["--model.dropout", "0", "--model.qk_init", "mimetic"],
 }
 
 

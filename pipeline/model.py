@@ -92,19 +92,8 @@ class PreTrainingModel(nn.Module):
 _TAKES_4D_MASK = int(transformers.__version__.split(".")[0]) >= 5
 
 
-def build_model(config: BertConfig, qk_init: str = "normal") -> PreTrainingModel:
-    """A fresh model; ``qk_init="mimetic"`` starts every attention layer's key projection as a
-    copy of its query projection, so W_q W_k^T begins positive semi-definite and tokens first
-    attend to similar tokens (Trockman & Kolter 2023, "Mimetic initialization of self-attention
-    layers", which shortened training of language models and ViTs). Only initial values
-    change: the model stays a standard ``BertForPreTraining``."""
-    model = PreTrainingModel(BertForPreTraining(config))
-    if qk_init == "mimetic":
-        with torch.no_grad():
-            for layer in model.bert.bert.encoder.layer:
-                layer.attention.self.key.weight.copy_(layer.attention.self.query.weight)
-                layer.attention.self.key.bias.copy_(layer.attention.self.query.bias)
-    return model
+def build_model(config: BertConfig) -> PreTrainingModel:
+    return PreTrainingModel(BertForPreTraining(config))
 
 
 def resolve_source(source: str) -> str:

@@ -42,9 +42,6 @@ class ModelArgs:
     layers: int = option(0, "transformer layers instead of the preset's (0: the preset's)", bounds="[0, inf)")
     heads: int = option(0, "attention heads instead of the preset's (0: the preset's)", bounds="[0, inf)")
     intermediate: int = option(0, "feed-forward size (0: 4 x hidden)", bounds="[0, inf)")
-    qk_init: str = option("normal", "attention query/key initialization of a fresh model (mimetic: each key projection "
-                                    "starts as a copy of its query projection, Trockman & Kolter 2023)",
-                          choices=("normal", "mimetic"))
     dropout: float = option(0.1, "hidden and attention dropout while pretraining (Cramming: 0 pays at short budgets)",
                             bounds="[0, 1)")
     export_dropout: float = option(0.1, "dropout written into the exported config, which fine-tuning and the probe use, "
@@ -139,9 +136,6 @@ class Config:
         hidden, heads = self.model.hidden or hidden, self.model.heads or heads
         if hidden % heads:
             fail("model.hidden", f"{hidden} is not a multiple of {heads} attention heads", "change model.hidden or model.heads")
-        if self.init_from and self.model.qk_init != "normal":
-            fail("model.qk_init", f"{self.model.qk_init} initializes a fresh model, but --init-from brings its own weights",
-                 "drop one of them")
         if t.mask_share + t.random_share > 1 + 1e-9:
             fail("train.random_share", f"{t.random_share} with train.mask_share {t.mask_share} exceeds 1",
                  "make the two shares sum to at most 1 (the rest of the chosen tokens stay as they are)")
@@ -431,7 +425,7 @@ def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
     if not cfg.init_from:
         bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
                                cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id, model_dims(cfg))
-        return build_model(bert_cfg, cfg.model.qk_init), bert_cfg
+        return build_model(bert_cfg), bert_cfg
     bert, fresh = from_pretrained(cfg.init_from, tokenizer, manifest["max_seq_len"], cfg.model.dropout, cfg.model.attention)
     if main:
         print(f"pretrain: initialized from {cfg.init_from} ({bert.config.num_hidden_layers} layers, hidden "

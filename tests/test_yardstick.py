@@ -171,27 +171,3 @@ def test_recipe_search_script_runs_variants_and_resumes(sample_data, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600)
     assert again.stdout == first.stdout  # finished variants are read, not rerun
 
-
-def test_mimetic_query_key_initialization_stays_a_standard_bert(sample_data, tmp_path):
-    import torch
-    from transformers import BertForPreTraining
-
-    from pipeline.model import bert_config, build_model
-
-    torch.manual_seed(0)
-    model = build_model(bert_config("tiny", 2000), "mimetic")
-    for layer in model.bert.bert.encoder.layer:
-        attn = layer.attention.self
-        assert torch.equal(attn.key.weight, attn.query.weight) and torch.equal(attn.key.bias, attn.query.bias)
-    torch.manual_seed(0)
-    normal = build_model(bert_config("tiny", 2000))
-    assert not torch.equal(normal.bert.bert.encoder.layer[0].attention.self.key.weight,
-                           normal.bert.bert.encoder.layer[0].attention.self.query.weight)
-    cli("pretrain", "--data", sample_data["shards"], "--output", tmp_path / "m", "--max-steps", 2, *PRETRAIN_FAST,
-        "--model.qk_init", "mimetic")
-    trained = BertForPreTraining.from_pretrained(tmp_path / "m" / "model")
-    attn = trained.bert.encoder.layer[0].attention.self
-    assert not torch.equal(attn.key.weight, attn.query.weight)  # trained apart from the shared start
-    bad = cli("pretrain", "--data", sample_data["shards"], "--output", tmp_path / "x", "--model.qk_init", "mimetic",
-              "--init-from", tmp_path / "m", check=False)
-    assert bad.returncode == 2 and "model.qk_init" in bad.stderr
