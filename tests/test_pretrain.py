@@ -80,7 +80,7 @@ def test_fill_mask_probe(tiny_model):
     proc = cli("fill-mask", "--model", tiny_model / "model", "이순신은 [MASK] 중기의 무신이다.", "--top-k", "3")
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "이순신은 [MASK] 중기의 무신이다." and lines[1].startswith("  [MASK] 1:")
-    assert lines[1].count("(") == 3
+    assert lines[1].count("%") == 3  # three candidates, each "word" with its percentage
     bad = cli("fill-mask", "--model", tiny_model / "model", "마스크 없는 문장", check=False)
     assert bad.returncode == 2 and "no [MASK]" in bad.stderr
 
