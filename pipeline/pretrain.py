@@ -408,6 +408,14 @@ def run_identity(cfg: Config, bert_cfg, manifest: dict) -> dict:
     return dict(run, init_from=cfg.init_from) if cfg.init_from else run
 
 
+def preset_config(cfg: Config, manifest: dict, tokenizer):
+    """The architecture of a fresh model: the size preset and any custom dimensions."""
+    from pipeline.model import bert_config
+
+    return bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]), cfg.model.dropout,
+                       cfg.model.attention, tokenizer.pad_token_id, model_dims(cfg))
+
+
 def model_dims(cfg: Config) -> dict:
     m = cfg.model
     return {"hidden": m.hidden, "layers": m.layers, "heads": m.heads, "intermediate": m.intermediate}
@@ -419,12 +427,11 @@ def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
     on every rank."""
     import torch
 
-    from pipeline.model import PreTrainingModel, bert_config, build_model, from_pretrained
+    from pipeline.model import PreTrainingModel, build_model, from_pretrained
 
     torch.manual_seed(cfg.seed)
     if not cfg.init_from:
-        bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
-                               cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id, model_dims(cfg))
+        bert_cfg = preset_config(cfg, manifest, tokenizer)
         return build_model(bert_cfg), bert_cfg
     bert, fresh = from_pretrained(cfg.init_from, tokenizer, manifest["max_seq_len"], cfg.model.dropout, cfg.model.attention)
     if main:
@@ -535,7 +542,6 @@ def preflight(cfg: Config) -> str:
     (another run's, or this run's with other settings). Shards not built yet are only noted."""
     from pipeline import checkpoint as ckpt
     from pipeline.data import load_tokenizer, pretraining_manifest
-    from pipeline.model import bert_config
 
     if not (Path(cfg.data) / "manifest.json").exists():
         return f"  checks: {cfg.data} holds no shards yet; the data, --init-from and resume are checked when training starts"
@@ -548,8 +554,7 @@ def preflight(cfg: Config) -> str:
     if cfg.init_from:
         _, bert_cfg = initial_model(cfg, manifest, tokenizer, main=False)
     else:
-        bert_cfg = bert_config(cfg.model.size, manifest["vocab_size"], max(512, manifest["max_seq_len"]),
-                               cfg.model.dropout, cfg.model.attention, tokenizer.pad_token_id, model_dims(cfg))
+        bert_cfg = preset_config(cfg, manifest, tokenizer)
     path = ckpt.find(out / "checkpoints", cfg.resume, run_identity(cfg, bert_cfg, manifest), log=lambda m: None)
     if path:
         check_resume_settings(json.loads((path / "state.json").read_text()).get("config"), to_dict(cfg), path)
