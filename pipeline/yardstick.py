@@ -40,11 +40,11 @@ def context_free_loss(p: np.ndarray, q: np.ndarray, mask: float = EVAL_SHARES[0]
     """
     keep, r = 1.0 - mask - random, random / len(p)
     log_p = np.log(p)
-    total_shown = np.log(keep * p + r).sum()  # sum over t of log(k p(t) + r/R)
     # answer w shown as itself (kept, or drawn by the random replacement)
     as_itself = (keep + r) * -(log_p + np.log(keep + r) - np.log(keep * p + r)) if keep + r > 0 else 0.0
     # answer w shown as another token t != w (only by the random replacement)
-    others = r * ((len(p) - 1) * (-log_p - np.log(r)) + total_shown - np.log(keep * p + r)) if r > 0 else 0.0
+    # (the sum over t of log(k p(t) + r/R) is shared by every w)
+    others = r * ((len(p) - 1) * (-log_p - np.log(r)) + np.log(keep * p + r).sum() - np.log(keep * p + r)) if r > 0 else 0.0
     per_token = mask * -log_p + as_itself + others
     return float((q / q.sum() * per_token).sum())
 
