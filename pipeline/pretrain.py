@@ -46,6 +46,8 @@ class ModelArgs:
                             bounds="[0, 1)")
     export_dropout: float = option(0.1, "dropout written into the exported config, which fine-tuning and the probe use, "
                                         "whatever model.dropout pretrained with", bounds="[0, 1)")
+    unigram_bias: bool = option(False, "start the MLM output bias at the training shards' log unigram frequencies, so "
+                                       "a fresh model does not spend its first thousands of steps learning them")
     attention: str = option("sdpa", "attention kernel (sdpa: PyTorch fused attention)", choices=("sdpa", "eager"))
     compile: str = option("auto", "torch.compile the model after accelerate.prepare (auto: on CUDA)", choices=("auto", "on", "off"))
 
@@ -421,10 +423,11 @@ def model_dims(cfg: Config) -> dict:
     return {"hidden": m.hidden, "layers": m.layers, "heads": m.heads, "intermediate": m.intermediate}
 
 
-def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
+def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool, train=None):
     """The model a run starts from (a ``PreTrainingModel`` and its config): a size preset, or
     ``--init-from`` weights (continued pretraining, position embeddings and all), identical
     on every rank."""
+    import numpy as np
     import torch
 
     from pipeline.model import PreTrainingModel, build_model, from_pretrained
@@ -432,7 +435,12 @@ def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool):
     torch.manual_seed(cfg.seed)
     if not cfg.init_from:
         bert_cfg = preset_config(cfg, manifest, tokenizer)
-        return build_model(bert_cfg), bert_cfg
+        model = build_model(bert_cfg)
+        if cfg.model.unigram_bias and train is not None:
+            counts = train.token_counts(bert_cfg.vocab_size, yardstick.UNIGRAM_TOKENS) + 0.5
+            with torch.no_grad():  # Adam moves a bias ~lr per step: from 0 to log p(w) ~ -10 takes 10K steps
+                model.bert.cls.predictions.bias.copy_(torch.from_numpy(np.log(counts / counts.sum())))
+        return model, bert_cfg
     bert, fresh = from_pretrained(cfg.init_from, tokenizer, manifest["max_seq_len"], cfg.model.dropout, cfg.model.attention)
     if main:
         print(f"pretrain: initialized from {cfg.init_from} ({bert.config.num_hidden_layers} layers, hidden "
@@ -741,7 +749,7 @@ def train(cfg: Config) -> int:
     train_ds = check_length(cfg, manifest)
     valid_ds = load_pretraining_dataset(cfg.data, "valid")
     probe = make_probe(cfg, tokenizer) if main else None
-    model, bert_cfg = initial_model(cfg, manifest, tokenizer, main)
+    model, bert_cfg = initial_model(cfg, manifest, tokenizer, main, train_ds)
     run = run_identity(cfg, bert_cfg, manifest)
     torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)  # per-rank dropout streams
     if not is_deepspeed(accelerator):

@@ -175,3 +175,51 @@ def test_recipe_search_script_runs_variants_and_resumes(sample_data, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=600)
     assert again.stdout == first.stdout  # finished variants are read, not rerun
 
+
+
+def test_unigram_bias_starts_the_output_at_the_training_frequencies(sample_data, tmp_path):
+    """A fresh model's MLM output bias is the shards' log unigram (so its first evaluation is
+    already near the unigram loss, not ~log(vocab)); the export is a stock BertForPreTraining."""
+    import torch
+    from transformers import BertForPreTraining
+
+    ev, bias = {}, {}
+    for name, flag in {"zero": "false", "unigram": "true"}.items():
+        out = tmp_path / name
+        cli("pretrain", "--data", sample_data["shards"], "--output", out, "--max-steps", 1, *PRETRAIN_FAST,
+            "--lr", "1e-12", "--model.unigram_bias", flag)
+        ev[name] = json.loads((out / "metrics.json").read_text())["eval"]
+        bias[name] = BertForPreTraining.from_pretrained(out / "model").cls.predictions.bias.detach().double()
+    train = load_pretraining_dataset(sample_data["shards"], "train")
+    counts = torch.from_numpy(train.token_counts(len(bias["zero"]), 10**9) + 0.5)
+    assert torch.allclose(bias["unigram"], (counts / counts.sum()).log(), atol=1e-4)
+    assert bias["zero"].abs().max() < 1e-6
+    # the first evaluation scores what the (smoothed) unigram scores, where zeros score log(vocab)
+    valid = load_pretraining_dataset(sample_data["shards"], "valid")
+    collator = eval_collator(load_tokenizer(sample_data["shards"] / "tokenizer"), 128)
+    base = baseline(train, [valid[i] for i in range(len(valid))], collator)
+    assert ev["unigram"]["mlm_loss"] == pytest.approx(base["unigram_mlm_loss"], abs=0.3)
+    assert ev["zero"]["mlm_loss"] == pytest.approx(np.log(len(counts)), abs=0.3)
+
+
+def test_cpu_recipe_script_writes_the_results_table(tmp_path):
+    """benchmarks/cpu_recipe.sh --smoke on the embedded sample: the data stages, pretraining and
+    the eight fine-tunes, then results.json in the issue's layout."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, child_env
+
+    sample = ROOT / "pipeline" / "sample"
+    cmd = ["bash", ROOT / "benchmarks" / "cpu_recipe.sh", "--smoke", sample / "kowiki-sample-pages-articles-multistream.xml.bz2",
+           sample / "reviews_train.tsv", sample / "reviews_eval.tsv", "out"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(PYTHON=sys.executable), timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results) == {"escape_step", "pretrain_seconds", "nsmc"} and results["pretrain_seconds"] > 0
+    for n in ("50000", "2000"):
+        for init in ("pretrained", "random"):
+            accs = results["nsmc"][n][init]
+            assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    usage = subprocess.run(["bash", ROOT / "benchmarks" / "cpu_recipe.sh", "only-one"], capture_output=True, text=True)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")
