@@ -40,6 +40,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
             self._a_len.append(table.column("a_len").to_numpy() if table.num_rows else np.zeros(0, np.uint16))
             self._label.append(table.column("label").to_numpy() if table.num_rows else np.zeros(0, np.uint8))
         self._starts = np.cumsum([0] + [len(a) for a in self._a_len])
+        self._counts: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -52,7 +53,14 @@ class PretrainingDataset(torch.utils.data.Dataset):
 
     def token_counts(self, vocab_size: int, limit: int) -> np.ndarray:
         """How often each id occurs in the examples' text, from about ``limit`` tokens taken
-        evenly across the files (a unigram for the context-free baseline, in seconds)."""
+        evenly across the files (a unigram for the context-free baseline and the output bias,
+        in seconds; counted once per dataset)."""
+        key = (vocab_size, limit)
+        if key not in self._counts:
+            self._counts[key] = self._count(vocab_size, limit)
+        return self._counts[key].copy()
+
+    def _count(self, vocab_size: int, limit: int) -> np.ndarray:
         counts = np.zeros(vocab_size, dtype=np.int64)
         per_file = max(1, limit // max(1, len(self._values)))
         for values in self._values:

@@ -141,6 +141,9 @@ class Config:
         if t.mask_share + t.random_share > 1 + 1e-9:
             fail("train.random_share", f"{t.random_share} with train.mask_share {t.mask_share} exceeds 1",
                  "make the two shares sum to at most 1 (the rest of the chosen tokens stay as they are)")
+        if self.model.unigram_bias and self.init_from:
+            fail("model.unigram_bias", "starts a fresh model's output bias; --init-from weights keep the bias they trained",
+                 "set model.unigram_bias false with --init-from")
         if self.optim.lr <= 0 or not 0 <= self.optim.warmup_ratio < 1:
             fail("optim.lr", "must be > 0 with optim.warmup_ratio in [0, 1)", "fix the value")
 

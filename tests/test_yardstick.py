@@ -200,6 +200,9 @@ def test_unigram_bias_starts_the_output_at_the_training_frequencies(sample_data,
     base = baseline(train, [valid[i] for i in range(len(valid))], collator)
     assert ev["unigram"]["mlm_loss"] == pytest.approx(base["unigram_mlm_loss"], abs=0.3)
     assert ev["zero"]["mlm_loss"] == pytest.approx(np.log(len(counts)), abs=0.3)
+    both = cli("pretrain", "--data", sample_data["shards"], "--output", tmp_path / "b", "--init-from", tmp_path / "zero",
+               "--model.unigram_bias", "true", check=False)
+    assert both.returncode == 2 and both.stderr.strip().count("\n") == 0 and "model.unigram_bias" in both.stderr
 
 
 def test_cpu_recipe_script_writes_the_results_table(tmp_path):
