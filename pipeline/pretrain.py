@@ -485,7 +485,8 @@ def recipe(cfg: Config, manifest: dict, accelerator) -> dict:
             "masking": f"{cfg.train.mlm_probability:.0%}" + (", whole words" if cfg.train.whole_word_mask else "")
                        + f", [MASK]/random/kept {cfg.train.mask_share:.0%}/{cfg.train.random_share:.0%}/"
                          f"{1 - cfg.train.mask_share - cfg.train.random_share:.0%}",
-            "dropout": f"{cfg.model.dropout:g} pretraining, {cfg.model.export_dropout:g} in the exported config"}
+            "dropout": f"{cfg.model.dropout:g} pretraining, {cfg.model.export_dropout:g} in the exported config",
+            **({"MLM output bias at start": "log unigram of the training shards"} if cfg.model.unigram_bias and not cfg.init_from else {})}
 
 
 def exported(bert_cfg, cfg: Config):

@@ -190,6 +190,7 @@ def test_unigram_bias_starts_the_output_at_the_training_frequencies(sample_data,
             "--lr", "1e-12", "--model.unigram_bias", flag)
         ev[name] = json.loads((out / "metrics.json").read_text())["eval"]
         bias[name] = BertForPreTraining.from_pretrained(out / "model").cls.predictions.bias.detach().double()
+    assert "| MLM output bias at start | log unigram of the training shards |" in (tmp_path / "unigram/model/README.md").read_text()
     train = load_pretraining_dataset(sample_data["shards"], "train")
     counts = torch.from_numpy(train.token_counts(len(bias["zero"]), 10**9) + 0.5)
     assert torch.allclose(bias["unigram"], (counts / counts.sum()).log(), atol=1e-4)
