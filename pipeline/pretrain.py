@@ -32,6 +32,10 @@ from pipeline.tokenizer import tokenizer_hash
 # torch, transformers, accelerate and the modules built on them are imported where they are
 # used, so that '--help' and config errors answer at once instead of after seconds of imports.
 
+# the probe's default LR by model width (benchmarks/README.md: on BERT-tiny, 2,000 rows x 2 epochs at
+# 3e-4 separate a step-0 model from a trained one by 28 points in 10 s; 1,000 x 1 at 5e-5 by 18)
+PROBE_LR, PROBE_LR_SMALL, PROBE_SMALL_HIDDEN = 5e-5, 3e-4, 256
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on SIGUSR1/SIGTERM after a checkpoint; requeue to resume
 
 
@@ -95,10 +99,11 @@ class EvalArgs:
     batch_size: int = option(32, "sequences per evaluation batch", bounds="[1, inf)")
     finetune: str = option("", "downstream probe at every evaluation, TASK:TRAIN_FILE:EVAL_FILE (e.g. nsmc:train.tsv:test.tsv): "
                                "a short fine-tune of the current weights on the main process, its score logged")
-    finetune_examples: int = option(1000, "probe: training rows used (the label budget)", bounds="[1, inf)")
+    finetune_examples: int = option(2000, "probe: training rows used (the label budget)", bounds="[1, inf)")
     finetune_eval_examples: int = option(1000, "probe: evaluation rows used", bounds="[1, inf)")
-    finetune_epochs: int = option(1, "probe: fine-tuning epochs", bounds="[1, inf)")
-    finetune_lr: float = option(5e-5, "probe: peak learning rate", bounds="(0, inf)")
+    finetune_epochs: int = option(2, "probe: fine-tuning epochs", bounds="[1, inf)")
+    finetune_lr: float = option(0.0, f"probe: peak learning rate (0: {PROBE_LR_SMALL:g} up to hidden {PROBE_SMALL_HIDDEN}, "
+                                     f"where 5e-5 moves a small model little, else {PROBE_LR:g})", bounds="[0, inf)")
 
 
 @dataclass
@@ -752,8 +757,8 @@ def train(cfg: Config) -> int:
     check_data(accelerator, cfg.data, manifest, tokenizer)
     train_ds = check_length(cfg, manifest)
     valid_ds = load_pretraining_dataset(cfg.data, "valid")
-    probe = make_probe(cfg, tokenizer) if main else None
     model, bert_cfg = initial_model(cfg, manifest, tokenizer, main, train_ds)
+    probe = make_probe(cfg, tokenizer, bert_cfg.hidden_size) if main else None
     run = run_identity(cfg, bert_cfg, manifest)
     torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)  # per-rank dropout streams
     if not is_deepspeed(accelerator):
@@ -882,14 +887,15 @@ def spent(state: dict, what: str, since: float) -> float:
     return seconds
 
 
-def make_probe(cfg: Config, tokenizer):
+def make_probe(cfg: Config, tokenizer, hidden: int):
     """The downstream probe, its files read and checked before the first step."""
     if not cfg.eval.finetune:
         return None
     from pipeline.finetune import Probe
 
     e = cfg.eval
-    return Probe(e.finetune, tokenizer, e.finetune_examples, e.finetune_eval_examples, e.finetune_epochs, e.finetune_lr, cfg.seed)
+    lr = e.finetune_lr or (PROBE_LR_SMALL if hidden <= PROBE_SMALL_HIDDEN else PROBE_LR)
+    return Probe(e.finetune, tokenizer, e.finetune_examples, e.finetune_eval_examples, e.finetune_epochs, lr, cfg.seed)
 
 
 def evaluate_and_probe(accelerator, model, valid, collator, cfg: Config, state: dict, log, probe, bert_cfg) -> None:

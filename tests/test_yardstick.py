@@ -227,3 +227,22 @@ def test_cpu_recipe_script_writes_the_results_table(tmp_path):
             assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
     usage = subprocess.run(["bash", ROOT / "benchmarks" / "cpu_recipe.sh", "only-one"], capture_output=True, text=True)
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
+
+
+def test_probe_learning_rate_follows_the_model_width(sample_data):
+    """The probe's default LR: 3e-4 for tiny/mini widths (5e-5 moves them little in 2 epochs),
+    BERT's 5e-5 for wider models; a given LR is kept."""
+    from pipeline import pretrain
+    from pipeline.config import load_config
+    from pipeline.sample.build import REVIEWS_EVAL, REVIEWS_TRAIN
+
+    tok = load_tokenizer(sample_data["shards"] / "tokenizer")
+
+    def probe_lr(hidden, **extra):
+        cfg = load_config(pretrain.Config, None, {"data": "d", "output": "o", "eval.finetune": f"nsmc:{REVIEWS_TRAIN}:{REVIEWS_EVAL}",
+                                                  **extra})
+        return pretrain.make_probe(cfg, tok, hidden).cfg.lr
+
+    assert probe_lr(128) == probe_lr(256) == 3e-4
+    assert probe_lr(768) == 5e-5
+    assert probe_lr(128, **{"eval.finetune_lr": 1e-3}) == 1e-3
