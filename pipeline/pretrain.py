@@ -444,10 +444,10 @@ def initial_model(cfg: Config, manifest: dict, tokenizer, main: bool, train=None
     if not cfg.init_from:
         bert_cfg = preset_config(cfg, manifest, tokenizer)
         model = build_model(bert_cfg)
-        if cfg.model.unigram_bias and train is not None:
-            counts = train.token_counts(bert_cfg.vocab_size, yardstick.UNIGRAM_TOKENS) + 0.5
-            with torch.no_grad():  # Adam moves a bias ~lr per step: from 0 to log p(w) ~ -10 takes 10K steps
-                model.bert.cls.predictions.bias.copy_(torch.from_numpy(np.log(counts / counts.sum())))
+        if cfg.model.unigram_bias:  # Adam moves a bias ~lr per step: from 0 to log p(w) ~ -10 takes 10K steps
+            p = yardstick.smoothed_unigram(train.token_counts(bert_cfg.vocab_size, yardstick.UNIGRAM_TOKENS))
+            with torch.no_grad():
+                model.bert.cls.predictions.bias.copy_(torch.from_numpy(np.log(p)))
         return model, bert_cfg
     bert, fresh = from_pretrained(cfg.init_from, tokenizer, manifest["max_seq_len"], cfg.model.dropout, cfg.model.attention)
     if main:

@@ -49,14 +49,19 @@ def context_free_loss(p: np.ndarray, q: np.ndarray, mask: float = EVAL_SHARES[0]
     return float((q / q.sum() * per_token).sum())
 
 
+def smoothed_unigram(counts: np.ndarray) -> np.ndarray:
+    """Add-half frequencies: a token the training split never had still gets a finite loss."""
+    counts = counts.astype(np.float64) + 0.5
+    return counts / counts.sum()
+
+
 def baseline(train, examples: list[dict], collator) -> dict:
     """The data's context-free baseline under the eval masking, and the NotNext share of the
     eval pairs (NSP accuracy at that share is a majority guess, not a learned task)."""
     from pipeline.nsp import NOT_NEXT
 
     ids = collator.random_ids
-    counts = train.token_counts(collator.vocab_size, UNIGRAM_TOKENS)[ids].astype(np.float64)
-    p = (counts + 0.5) / (counts + 0.5).sum()  # add-half: a held-out token the train split never had still costs finite loss
+    p = smoothed_unigram(train.token_counts(collator.vocab_size, UNIGRAM_TOKENS)[ids])
     seen = np.concatenate([e["input_ids"] for e in examples]) if examples else np.zeros(0, np.int64)
     q = np.bincount(np.searchsorted(ids, seen[np.isin(seen, ids)]), minlength=len(ids)).astype(np.float64)
     labels = np.array([e["next_sentence_label"] for e in examples])

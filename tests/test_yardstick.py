@@ -209,15 +209,18 @@ def test_unigram_bias_starts_the_output_at_the_training_frequencies(sample_data,
 def test_cpu_recipe_script_writes_the_results_table(tmp_path):
     """benchmarks/cpu_recipe.sh --smoke on the embedded sample: the data stages, pretraining and
     the eight fine-tunes, then results.json in the issue's layout."""
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
     from tests.conftest import ROOT, child_env
 
     sample = ROOT / "pipeline" / "sample"
     cmd = ["bash", ROOT / "benchmarks" / "cpu_recipe.sh", "--smoke", sample / "kowiki-sample-pages-articles-multistream.xml.bz2",
            sample / "reviews_train.tsv", sample / "reviews_eval.tsv", "out"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(PYTHON=sys.executable), timeout=900, cwd=tmp_path)
+    venv = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # as an activated venv has it
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(**venv), timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(results) == {"escape_step", "pretrain_seconds", "nsmc"} and results["pretrain_seconds"] > 0
